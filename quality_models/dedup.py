@@ -224,7 +224,8 @@ def dedup_stage(table: pa.Table, config: DedupConfig, lang: str | None = None) -
             cluster_id[i] = doc_ids[rep]
             cluster_size[i] = len(members)
             if i != rep:
-                exact = hashes[i] == hashes[rep]
+                # removed by the exact pass (an identical twin came first) or identical to rep
+                exact = first.get(hashes[i]) != i or hashes[i] == hashes[rep]
                 reasons[i] = "exact_duplicate" if exact else "near_duplicate"
                 details[i] = {"duplicate_of": doc_ids[rep], "cluster_size": len(members)}
                 if not exact:

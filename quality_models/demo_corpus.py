@@ -16,6 +16,7 @@ import gettext
 import json
 import random
 import re
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,7 +71,7 @@ def catalogue_messages(lang: str, locale_dir: Path = LOCALE_DIR) -> list[tuple[s
             try:
                 with mo.open("rb") as fh:
                     catalog = gettext.GNUTranslations(fh)._catalog  # noqa: SLF001
-            except (OSError, UnicodeDecodeError, ValueError, IndexError):
+            except (OSError, UnicodeDecodeError, ValueError, IndexError, struct.error):
                 continue
             for key, msgstr in catalog.items():
                 msgid = key[0] if isinstance(key, tuple) else key
@@ -116,13 +117,16 @@ def build_demo_corpus(
     seed: int = 0,
     sizes: DemoSizes | None = None,
 ) -> dict[str, Path]:
-    """Write ``out_dir/{running_text,dialogue,catalogues,noise}.jsonl`` and
+    """Write ``out_dir/sources/{running_text,dialogue,catalogues,noise}.jsonl`` and
     ``out_dir/planted.parquet`` (the injector's record). Same seed, same bytes."""
     sizes = sizes or DemoSizes()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    (out / "sources").mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
-    files = {n: out / f"{n}.jsonl" for n in ("running_text", "dialogue", "catalogues", "noise")}
+    files = {
+        n: out / "sources" / f"{n}.jsonl"
+        for n in ("running_text", "dialogue", "catalogues", "noise")
+    }
     lines: dict[str, list[bytes]] = {n: [] for n in files}
     planted: list[dict] = []
     clean: dict[str, list[tuple[str, int, str]]] = {}  # lang -> (file, line, text)
@@ -209,4 +213,4 @@ def build_demo_corpus(
         path.write_bytes(b"\n".join(lines[name]) + b"\n")
     record = pa.Table.from_pylist(planted)
     write_parquet_atomic(record, out / "planted.parquet")
-    return {**files, "planted": out / "planted.parquet"}
+    return {**files, "sources": out / "sources", "planted": out / "planted.parquet"}

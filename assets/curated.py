@@ -1,0 +1,60 @@
+"""The curated per-language datasets: Parquet that ``datasets`` loads, with a dataset card."""
+
+import dagster as dg
+import pyarrow.compute as pc
+
+from quality_models.contract import read_parquet, write_parquet_atomic, write_text_atomic
+
+from .partitions import variant_and_lang, variant_language_partitions
+from .quality import quality_scored
+from .resources import GovtuneHome
+
+
+@dg.asset(
+    group_name="governance",
+    code_version="1",
+    deps=[quality_scored],
+    partitions_def=variant_language_partitions,
+    kinds={"parquet", "huggingface"},
+)
+def curated(context: dg.AssetExecutionContext, home: GovtuneHome) -> dg.MaterializeResult:
+    """``curated/<variant>/<lang>.parquet`` plus ``<lang>.md``: counts, settings, rejections."""
+    variant, lang = variant_and_lang(context)
+    table = read_parquet(home.stage_file(variant, "quality_scored", lang))
+    path = write_parquet_atomic(table, home.curated_dir(variant) / f"{lang}.parquet")
+    stages = []
+    for stage_dir, name in (("language_id", "all"), ("dedup", lang), ("quality", lang)):
+        ledger = home.ledger_file(variant, stage_dir, name)
+        if ledger.is_file():
+            rej = read_parquet(ledger)
+            if name == "all":
+                rej = rej.filter(pc.equal(rej.column("lang"), lang))
+            counts: dict[str, int] = {}
+            for r in rej.column("reason").to_pylist():
+                counts[r] = counts.get(r, 0) + 1
+            stages += [f"| {stage_dir} | {k} | {v} |" for k, v in sorted(counts.items())]
+    card = "\n".join(
+        [
+            f"# govtune curated `{lang}` (variant `{variant}`)",
+            "",
+            f"{table.num_rows} documents. Load with "
+            f"`datasets.load_dataset('parquet', data_files='{path}')`.",
+            "",
+            "| stage | reason | rejected |",
+            "|---|---|---:|",
+            *stages,
+        ]
+    )
+    write_text_atomic(card + "\n", path.with_suffix(".md"))
+    buckets: dict[str, int] = {}
+    for b in table.column("quality_bucket").to_pylist():
+        buckets[str(b)] = buckets.get(str(b), 0) + 1
+    return dg.MaterializeResult(
+        metadata={
+            "documents": table.num_rows,
+            "dagster/row_count": table.num_rows,
+            "path": dg.MetadataValue.path(str(path)),
+            "quality_buckets": dg.MetadataValue.json(buckets),
+            "card": dg.MetadataValue.md(card),
+        }
+    )

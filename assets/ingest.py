@@ -1,0 +1,67 @@
+"""Raw inputs: the bundled demo corpus (built from shipped text) and its ingest."""
+
+import dagster as dg
+import pyarrow.parquet as pq
+
+from quality_models.contract import reason_counts
+from quality_models.demo_corpus import build_demo_corpus
+from quality_models.sources import ingest_sources
+
+from .resources import GovtuneHome
+from .stage_io import (
+    GovernanceSettings,
+    ledger_check,
+    ledger_check_spec,
+    stage_metadata,
+    write_stage,
+)
+
+
+class DemoCorpusConfig(dg.Config):
+    seed: int = 0
+
+
+class IngestConfig(dg.Config):
+    inputs: list[str] = []  # files, folders, hf:NAME specs; empty: the demo corpus folder
+
+
+@dg.asset(group_name="governance", code_version="1", kinds={"python", "parquet"})
+def demo_corpus(config: DemoCorpusConfig, home: GovtuneHome) -> dg.MaterializeResult:
+    """Real text from installed packages and system catalogues, with seeded planted noise."""
+    paths = build_demo_corpus(home.path("raw", "demo"), seed=config.seed)
+    planted = pq.read_table(paths["planted"])
+    kinds: dict[str, int] = {}
+    for k in planted.column("kind").to_pylist():
+        kinds[k] = kinds.get(k, 0) + 1
+    return dg.MaterializeResult(
+        metadata={
+            "documents": planted.num_rows,
+            "planted": dg.MetadataValue.json(dict(sorted(kinds.items()))),
+            "folder": dg.MetadataValue.path(str(home.path("raw", "demo"))),
+        }
+    )
+
+
+@dg.asset(
+    group_name="governance",
+    code_version="1",
+    deps=[demo_corpus],
+    kinds={"parquet"},
+    check_specs=[ledger_check_spec("raw_documents")],
+)
+def raw_documents(config: IngestConfig, home: GovtuneHome, governance: GovernanceSettings):
+    """Every input record with a stable ``doc_id``; unusable records are quarantined."""
+    inputs = config.inputs or [str(home.path("raw", "demo", "sources"))]
+    result = ingest_sources(inputs, governance.load().ingest)
+    kept_path = home.stage_file("all", "raw_documents", "all")
+    ledger_path = home.ledger_file("all", "ingest", "all")
+    write_stage(result, kept_path, ledger_path)
+    yield dg.MaterializeResult(
+        metadata=stage_metadata(
+            result,
+            kept_path,
+            sources=result.metadata["sources"],
+            quarantined=reason_counts(result.rejected),
+        )  # fmt: skip
+    )
+    yield ledger_check(result.n_in, kept_path, ledger_path)

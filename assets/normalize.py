@@ -1,0 +1,34 @@
+"""Normalisation stage: NFC, mojibake repair, control characters, whitespace."""
+
+import dagster as dg
+
+from quality_models.normalize import normalize_stage
+
+from .ingest import raw_documents
+from .resources import GovtuneHome
+from .stage_io import (
+    GovernanceSettings,
+    ledger_check,
+    ledger_check_spec,
+    read_rows,
+    stage_metadata,
+    write_stage,
+)
+
+
+@dg.asset(
+    group_name="governance",
+    code_version="1",
+    deps=[raw_documents],
+    kinds={"parquet"},
+    check_specs=[ledger_check_spec("normalized")],
+)
+def normalized(home: GovtuneHome, governance: GovernanceSettings):
+    """Documents in Unicode NFC without control characters; what changed is counted."""
+    table = read_rows(home.stage_file("all", "raw_documents", "all"))
+    result = normalize_stage(table, governance.load().normalize)
+    kept_path = home.stage_file("all", "normalized", "all")
+    ledger_path = home.ledger_file("all", "normalize", "all")
+    write_stage(result, kept_path, ledger_path)
+    yield dg.MaterializeResult(metadata=stage_metadata(result, kept_path))
+    yield ledger_check(table.num_rows, kept_path, ledger_path)

@@ -1,0 +1,52 @@
+"""Quality stage: heuristic rules (Gopher/C4/FineWeb), then KenLM perplexity and CCNet buckets."""
+
+import dagster as dg
+import pyarrow as pa
+
+from quality_models.contract import StageResult
+from quality_models.pipeline import perplexity_or_skip, quality_or_skip
+
+from .dedup import deduplicated
+from .kenlm import MODEL_FILE, kenlm_models
+from .partitions import variant_and_lang, variant_language_partitions
+from .resources import GovtuneHome
+from .stage_io import (
+    GovernanceSettings,
+    ledger_check,
+    ledger_check_spec,
+    read_rows,
+    stage_metadata,
+    write_stage,
+)
+
+
+@dg.asset(
+    group_name="governance",
+    code_version="1",
+    deps=[deduplicated, kenlm_models],
+    partitions_def=variant_language_partitions,
+    kinds={"kenlm", "parquet"},
+    check_specs=[ledger_check_spec("quality_scored")],
+)
+def quality_scored(context: dg.AssetExecutionContext, home: GovtuneHome,
+                   governance: GovernanceSettings):  # fmt: skip
+    """Documents that pass the heuristic rules, with perplexity and head/middle/tail bucket."""
+    variant, lang = variant_and_lang(context)
+    config = governance.load(variant)
+    table = read_rows(home.stage_file(variant, "deduplicated", lang))
+    rules = quality_or_skip(table, config)
+    model = home.kenlm_dir(lang) / MODEL_FILE
+    models = {lang: str(model)} if model.is_file() else None
+    ppl = perplexity_or_skip(rules.kept, config, models)
+    combined = StageResult(
+        ppl.kept,
+        pa.concat_tables([rules.rejected, ppl.rejected]),
+        {"rules": rules.metadata, "perplexity": ppl.metadata},
+    )
+    kept_path = home.stage_file(variant, "quality_scored", lang)
+    ledger_path = home.ledger_file(variant, "quality", lang)
+    write_stage(combined, kept_path, ledger_path)
+    yield dg.MaterializeResult(
+        metadata=stage_metadata(combined, kept_path, kenlm_model=str(model) if models else "none")
+    )
+    yield ledger_check(table.num_rows, kept_path, ledger_path)

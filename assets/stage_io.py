@@ -1,0 +1,85 @@
+"""What every governance asset does around its library call: read the upstream stage file,
+write kept rows and ledger rows atomically, report metadata, and check the ledger invariant
+(``input = kept + rejected``) from the files on disk as a blocking asset check."""
+
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from quality_models.config import GovernanceConfig, load_governance_config
+from quality_models.contract import StageResult, read_parquet, reason_counts, write_parquet_atomic
+from quality_models.pipeline import variant_config
+
+LEDGER_CHECK = "ledger_balances"
+
+
+class GovernanceSettings(dg.ConfigurableResource):
+    """The governance YAML (``None``: the defaults, which run on the demo data)."""
+
+    config_file: str | None = None
+
+    def load(self, variant: str = "full") -> GovernanceConfig:
+        return variant_config(load_governance_config(self.config_file), variant)
+
+
+def ledger_check_spec(asset: str) -> dg.AssetCheckSpec:
+    return dg.AssetCheckSpec(
+        LEDGER_CHECK,
+        asset=asset,
+        blocking=True,
+        description="input = kept + rejected, counted from the files on disk",
+    )
+
+
+def read_rows(path: Path, lang: str | None = None) -> pa.Table:
+    table = read_parquet(path)
+    if lang is not None:
+        table = table.filter(pc.equal(table.column("lang"), lang))
+    return table
+
+
+def write_stage(result: StageResult, kept_path: Path, ledger_path: Path) -> None:
+    write_parquet_atomic(result.kept, kept_path)
+    write_parquet_atomic(result.rejected, ledger_path)
+
+
+def ledger_check(input_rows: int, kept_path: Path, ledger_path: Path) -> dg.AssetCheckResult:
+    kept = read_parquet(kept_path).num_rows
+    rejected = read_parquet(ledger_path).num_rows
+    return dg.AssetCheckResult(
+        check_name=LEDGER_CHECK,
+        passed=input_rows == kept + rejected,
+        metadata={"input": input_rows, "kept": kept, "rejected": rejected},
+    )
+
+
+def _md_table(rows: dict[str, Any], key: str, value: str) -> str:
+    lines = [f"| {key} | {value} |", "|---|---:|"]
+    lines += [f"| {k} | {v} |" for k, v in rows.items()]
+    return "\n".join(lines)
+
+
+def stage_metadata(result: StageResult, path: Path, **extra: Any) -> dict[str, Any]:
+    s = result.summary()
+    meta: dict[str, Any] = {
+        "input": s["input"],
+        "kept": s["kept"],
+        "rejected": s["rejected"],
+        "keep_rate": dg.MetadataValue.float(float(s["keep_rate"])),
+        "path": dg.MetadataValue.path(str(path)),
+        "rejection_reasons": dg.MetadataValue.md(
+            _md_table(reason_counts(result.rejected), "reason", "documents")
+            if result.rejected.num_rows
+            else "nothing rejected"
+        ),
+        "dagster/row_count": s["kept"],
+    }
+    for key, value in {**result.metadata, **extra}.items():
+        if isinstance(value, (dict, list)):
+            meta[key] = dg.MetadataValue.json(value)
+        elif isinstance(value, (int, float, str, bool)) or value is None:
+            meta[key] = value if value is not None else "none"
+    return meta
