@@ -77,23 +77,63 @@ def load_lid_model(path: str | None = None):
         raise LanguageIdError(f"cannot load fastText model {model_path}: {exc}") from None
 
 
+@cache
 def normalize_label(label: str) -> str:
     """``__label__de`` -> ``de``; ``__label__deu_Latn`` -> ``de``; unknown codes pass through."""
     code = label.removeprefix("__label__").split("_")[0].lower()
     return _THREE_TO_TWO.get(code, code)
 
 
+@cache
+def _script_table() -> np.ndarray:
+    """Code point -> index into ``_SCRIPTS`` (or -1), built once from Unicode script properties."""
+    limit = 0x30000  # BMP, SMP and the CJK extension plane
+    chars = "".join(chr(c) for c in range(limit) if not 0xD800 <= c <= 0xDFFF)
+    table = np.full(limit, -1, dtype=np.int16)
+    for idx, name in enumerate(_SCRIPTS):
+        found = _SCRIPT_RE[name].findall(chars)
+        table[[ord(ch) for ch in found]] = idx
+    return table
+
+
+SCRIPT_SAMPLE_CHARS = 160  # the dominant script of a document shows in its first characters
+
+
+def script_counts(texts: list[str], sample: int = SCRIPT_SAMPLE_CHARS) -> np.ndarray:
+    """Letters per script in each text's first ``sample`` characters (n_texts x n_scripts),
+    vectorised over the whole batch."""
+    counts = np.zeros((len(texts), len(_SCRIPTS)), dtype=np.int64)
+    if not texts:
+        return counts
+    table = _script_table()
+    heads = [t[:sample] for t in texts]
+    codes = np.frombuffer("".join(heads).encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    doc = np.repeat(np.arange(len(heads), dtype=np.int32), [len(h) for h in heads])
+    ids = table[np.minimum(codes, len(table) - 1)]
+    mask = ids >= 0
+    flat = np.bincount(doc[mask] * len(_SCRIPTS) + ids[mask], minlength=counts.size)
+    return flat.reshape(counts.shape)
+
+
+_CODES = np.array([_ISO15924[name] for name in _SCRIPTS] + ["Zyyy", "Jpan", "Kore"])
+
+
+def detect_scripts(texts: list[str]) -> list[str]:
+    """ISO 15924 code of each text's dominant script (``Jpan``/``Kore`` for mixed CJK)."""
+    c = script_counts(texts)
+    top = c.max(axis=1) if len(c) else np.zeros(0, dtype=np.int64)
+    choice = c.argmax(axis=1) if len(c) else np.zeros(0, dtype=np.int64)
+    i = {name: k for k, name in enumerate(_SCRIPTS)}
+    kana = c[:, i["Hiragana"]] + c[:, i["Katakana"]]
+    hangul, han = c[:, i["Hangul"]], c[:, i["Han"]]
+    choice = np.where((hangul > 0) & (hangul + han >= top), len(_SCRIPTS) + 2, choice)
+    choice = np.where((kana > 0) & (kana + han >= top), len(_SCRIPTS) + 1, choice)
+    choice = np.where(top == 0, len(_SCRIPTS), choice)
+    return _CODES[choice].tolist()
+
+
 def detect_script(text: str) -> str:
-    """ISO 15924 code of the dominant script; ``Jpan``/``Kore`` for mixed Japanese/Korean."""
-    counts = {name: len(rx.findall(text)) for name, rx in _SCRIPT_RE.items()}
-    if not any(counts.values()):
-        return "Zyyy"  # common/undetermined (digits, punctuation only)
-    kana = counts["Hiragana"] + counts["Katakana"]
-    if kana > 0 and kana + counts["Han"] >= max(counts.values()):
-        return "Jpan"
-    if counts["Hangul"] > 0 and counts["Hangul"] + counts["Han"] >= max(counts.values()):
-        return "Kore"
-    return _ISO15924[max(counts, key=counts.get)]
+    return detect_scripts([text])[0]
 
 
 def predict(texts: list[str], model_path: str | None = None, batch_size: int = 4096):
@@ -116,32 +156,33 @@ def language_id_stage(table: pa.Table, config: GovernanceConfig) -> StageResult:
     texts = table.column("text").to_pylist()
     declared = table.column("declared_lang").to_pylist()
     predicted, scores = predict(texts, lid.model_path, lid.batch_size)
-    scripts = [detect_script(t) for t in texts]
+    scripts = detect_scripts(texts)
     in_scope = set(config.languages)
     thresholds = {lang: config.lid_threshold(lang) for lang in set(predicted) | in_scope}
-    n = len(texts)
-    keep = np.ones(n, dtype=bool)
-    reasons = [""] * n
-    details: list[dict | None] = [None] * n
-    langs: list[str] = []
-    for i in range(n):
-        pred, score, decl = predicted[i], float(scores[i]), declared[i]
-        info = {"predicted": pred, "score": round(score, 4), "declared": decl}
-        if not lid.enabled:
-            lang = decl or pred
-            if lang not in in_scope:
-                keep[i], reasons[i], details[i] = False, "out_of_scope_language", info
-            langs.append(lang)
-            continue
-        langs.append(pred)
-        threshold = thresholds[pred]
-        if pred not in in_scope:
-            keep[i], reasons[i], details[i] = False, "out_of_scope_language", info
-        elif decl and decl != pred:
-            keep[i], reasons[i], details[i] = False, "language_mismatch", info
-        elif score < threshold:
-            keep[i], reasons[i] = False, "low_lid_score"
-            details[i] = info | {"threshold": threshold}
+    pred = np.array(predicted, dtype=object)
+    decl = np.array([d or "" for d in declared], dtype=object)
+    if lid.enabled:
+        lang_arr = pred
+        out_of_scope = ~np.isin(pred, list(in_scope))
+        mismatch = ~out_of_scope & (decl != "") & (decl != pred)
+        low = ~out_of_scope & ~mismatch & (scores < np.array([thresholds[p] for p in predicted]))
+    else:  # no_lid: the declared language routes; the prediction only fills gaps, no filtering
+        lang_arr = np.where(decl != "", decl, pred)
+        out_of_scope = ~np.isin(lang_arr, list(in_scope))
+        mismatch = low = np.zeros(len(texts), dtype=bool)
+    keep = ~(out_of_scope | mismatch | low)
+    langs = lang_arr.tolist()
+    reasons = [""] * len(texts)
+    details: list[dict | None] = [None] * len(texts)
+    for i in np.flatnonzero(~keep):  # details only for the rejected documents
+        reasons[i] = (
+            "out_of_scope_language" if out_of_scope[i]
+            else "language_mismatch" if mismatch[i] else "low_lid_score"
+        )  # fmt: skip
+        details[i] = {"predicted": predicted[i], "score": round(float(scores[i]), 4),
+                      "declared": declared[i]}  # fmt: skip
+        if low[i]:
+            details[i]["threshold"] = thresholds[predicted[i]]
     table = (
         table.set_column(table.column_names.index("lang"), "lang", pa.array(langs, pa.string()))
         .set_column(table.column_names.index("lang_score"), "lang_score", pa.array(scores))
