@@ -7,7 +7,7 @@ from quality_models.contract import StageResult
 from quality_models.pipeline import perplexity_or_skip, quality_or_skip
 
 from .dedup import deduplicated
-from .kenlm import MODEL_FILE, kenlm_models
+from .kenlm import kenlm_models, model_for
 from .partitions import variant_and_lang, variant_language_partitions
 from .resources import GovtuneHome
 from .stage_io import (
@@ -35,8 +35,8 @@ def quality_scored(context: dg.AssetExecutionContext, home: GovtuneHome,
     config = governance.load(variant)
     table = read_rows(home.stage_file(variant, "deduplicated", lang))
     rules = quality_or_skip(table, config)
-    model = home.kenlm_dir(lang) / MODEL_FILE
-    models = {lang: str(model)} if model.is_file() else None
+    model = model_for(home, lang)
+    models = {lang: model} if model else None
     ppl = perplexity_or_skip(rules.kept, config, models)
     combined = StageResult(
         ppl.kept,
@@ -47,6 +47,6 @@ def quality_scored(context: dg.AssetExecutionContext, home: GovtuneHome,
     ledger_path = home.ledger_file(variant, "quality", lang)
     write_stage(combined, kept_path, ledger_path)
     yield dg.MaterializeResult(
-        metadata=stage_metadata(combined, kept_path, kenlm_model=str(model) if models else "none")
+        metadata=stage_metadata(combined, kept_path, kenlm_model=model or "none")
     )
     yield ledger_check(table.num_rows, kept_path, ledger_path)

@@ -49,13 +49,10 @@ def _curate(args: argparse.Namespace) -> int:
 
 
 def _kenlm_models(folder: str) -> dict[str, str]:
-    """``DIR/<lang>/model.binary`` (or ``DIR/<lang>.binary``) -> {lang: path}."""
-    root = Path(folder)
-    if not root.is_dir():
-        raise FileNotFoundError(f"KenLM model folder not found: {root}")
-    found = {p.parent.name: str(p) for p in root.glob("*/*.binary")}
-    found.update({p.stem: str(p) for p in root.glob("*.binary")})
-    return found
+    """Every ``<lang>.binary`` under the folder (flat or one folder per language)."""
+    from quality_models.perplexity import find_models
+
+    return {lang: str(path) for lang, path in find_models(folder).items()}
 
 
 def _demo_corpus(args: argparse.Namespace) -> int:
@@ -81,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     cur.add_argument("--config", help="governance YAML config (unknown keys are an error)")
     cur.add_argument("--variant", default="full", help="governance ablation arm")
     cur.add_argument("--languages", help="comma-separated languages in scope")
-    cur.add_argument("--kenlm-dir", help="folder of KenLM models (<lang>/model.binary)")
+    cur.add_argument("--kenlm-dir", help="folder of KenLM models (<lang>.binary, any depth)")
     cur.add_argument("--workers", type=int, help="processes across languages")
     cur.set_defaults(func=_curate)
     dc = sub.add_parser("demo-corpus", help="build the demo corpus with planted noise")

@@ -103,7 +103,9 @@ class GovernanceConfig:
     language_id: LanguageIdConfig = field(default_factory=LanguageIdConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
-    perplexity: dict[str, Any] = field(default_factory=dict)  # KenLMConfig fields, see perplexity
+    # KenLMConfig fields (quality_models/perplexity.py). The default labels CCNet buckets and keeps
+    # every document: percentile cutoffs on short UI strings would drop 40% of clean messages.
+    perplexity: dict[str, Any] = field(default_factory=lambda: {"policy": "label_only"})
     languages_file: str | None = None  # default: configs/languages.yaml
 
     def language_settings(self) -> dict[str, dict[str, Any]]:

@@ -184,9 +184,9 @@ def build_demo_corpus(
         others = [o for o in languages if o != lang]
         for _ in range(sizes.wrong_lang):
             other = rng.choice(others)
-            ref = running_text(other, "reference")
-            if ref:
-                plant("wrong_lang", rng.choice(ref), lang, detail=other)
+            pool_other = running_text(other, "demo")  # never the KenLM reference split
+            if pool_other:
+                plant("wrong_lang", rng.choice(pool_other), lang, detail=other)
         if lang != "en":
             for m in rng.sample(msgids[lang], min(sizes.untranslated, len(msgids[lang]))):
                 plant("untranslated", m, lang)

@@ -119,7 +119,7 @@ def perplexity_or_skip(
         return passthrough(table, "perplexity", "no KenLM models given")
     from .perplexity import KenLMConfig, perplexity_stage
 
-    return perplexity_stage(table, models, KenLMConfig(**settings))
+    return perplexity_stage(table, models, KenLMConfig.from_mapping(settings))
 
 
 def per_language(

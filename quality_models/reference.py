@@ -26,7 +26,9 @@ DEFAULT_LOCALE_DIR = Path("/usr/share/locale")
 CATALOGUE_MODES = ("fallback", "always", "never")
 
 # printf/format placeholders, keyboard accelerators and markup in UI strings: not language
-_PLACEHOLDER = re.compile(r"%(?:\d+\$)?[-+ #0]*\d*(?:\.\d+)?[hlLqjzt]*[a-zA-Z%]|\{[^{}]*\}")
+_PLACEHOLDER = re.compile(
+    r"%(?:\d+\$)?[-+ #0']*(?:\d+|\*)?(?:\.(?:\d+|\*))?[hlLqjzt]*[a-zA-Z%]|\{[^{}]*\}"
+)
 _MARKUP = re.compile(r"<[^<>]{1,40}>|&[a-z]+;")
 _ACCEL = re.compile(r"(?<!\w)[_&](?=\w)")
 _SPACES = re.compile(r"\s+")

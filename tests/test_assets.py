@@ -40,6 +40,8 @@ def test_materialise_governance_for_two_languages(home):
     checks = res.get_asset_check_evaluations()
     assert checks and all(c.passed for c in checks)
     _run(home, "language_id", "full")
+    kenlm = _run(home, "kenlm_models", "de").get_asset_materialization_events()[0]
+    assert kenlm.materialization.metadata["order"].value >= 3
     for lang in ("de", "ru"):
         res = _run(home, ["deduplicated", "quality_scored", "curated"], str(multi_key("full", lang)))
         evaluations = res.get_asset_check_evaluations()
@@ -51,3 +53,9 @@ def test_materialise_governance_for_two_languages(home):
         assert curated.num_rows > 100
         assert set(curated.column("lang").to_pylist()) == {lang}
         assert (home.curated_dir("full") / f"{lang}.md").is_file()
+        perplexity = curated.column("perplexity").to_pylist()
+        if lang == "de":  # its model was trained above: every document scored and bucketed
+            assert all(p is not None and p > 1 for p in perplexity)
+            assert set(curated.column("quality_bucket").to_pylist()) == {"head", "middle", "tail"}
+        else:  # no model yet: documents pass through unscored, nothing lost
+            assert all(p is None for p in perplexity)
