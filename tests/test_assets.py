@@ -43,7 +43,8 @@ def test_materialise_governance_for_two_languages(home):
     kenlm = _run(home, "kenlm_models", "de").get_asset_materialization_events()[0]
     assert kenlm.materialization.metadata["order"].value >= 3
     for lang in ("de", "ru"):
-        res = _run(home, ["deduplicated", "quality_scored", "curated"], str(multi_key("full", lang)))
+        key = str(multi_key("full", lang))
+        res = _run(home, ["deduplicated", "quality_scored", "curated"], key)
         evaluations = res.get_asset_check_evaluations()
         assert len(evaluations) == 2 and all(c.passed for c in evaluations)
         mats = {m.asset_key.to_user_string(): m for m in res.get_asset_materialization_events()}
