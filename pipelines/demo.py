@@ -32,6 +32,7 @@ def materialize_partitions(
             partition_key=str(key) if key is not None else None,
             instance=instance,
             resources=defs.resources,
+            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
         )
         label = f"{selection if isinstance(selection, str) else ','.join(selection)} [{key}]"
         if not result.success:
