@@ -96,7 +96,7 @@ def _script_table() -> np.ndarray:
     return table
 
 
-SCRIPT_SAMPLE_CHARS = 160  # the dominant script of a document shows in its first characters
+SCRIPT_SAMPLE_CHARS = 64  # the dominant script of a document shows in its first characters
 
 
 def script_counts(texts: list[str], sample: int = SCRIPT_SAMPLE_CHARS) -> np.ndarray:
@@ -159,19 +159,19 @@ def language_id_stage(table: pa.Table, config: GovernanceConfig) -> StageResult:
     scripts = detect_scripts(texts)
     in_scope = set(config.languages)
     thresholds = {lang: config.lid_threshold(lang) for lang in set(predicted) | in_scope}
-    pred = np.array(predicted, dtype=object)
-    decl = np.array([d or "" for d in declared], dtype=object)
     if lid.enabled:
-        lang_arr = pred
-        out_of_scope = ~np.isin(pred, list(in_scope))
-        mismatch = ~out_of_scope & (decl != "") & (decl != pred)
-        low = ~out_of_scope & ~mismatch & (scores < np.array([thresholds[p] for p in predicted]))
+        langs = predicted
+        out_of_scope = np.fromiter((p not in in_scope for p in predicted), bool, len(texts))
+        mismatch = np.fromiter(
+            (bool(d) and d != p for d, p in zip(declared, predicted, strict=True)), bool, len(texts)
+        ) & ~out_of_scope
+        cut = np.fromiter((thresholds[p] for p in predicted), np.float32, len(texts))
+        low = (scores < cut) & ~out_of_scope & ~mismatch
     else:  # no_lid: the declared language routes; the prediction only fills gaps, no filtering
-        lang_arr = np.where(decl != "", decl, pred)
-        out_of_scope = ~np.isin(lang_arr, list(in_scope))
+        langs = [d or p for d, p in zip(declared, predicted, strict=True)]
+        out_of_scope = np.fromiter((x not in in_scope for x in langs), bool, len(texts))
         mismatch = low = np.zeros(len(texts), dtype=bool)
     keep = ~(out_of_scope | mismatch | low)
-    langs = lang_arr.tolist()
     reasons = [""] * len(texts)
     details: list[dict | None] = [None] * len(texts)
     for i in np.flatnonzero(~keep):  # details only for the rejected documents
