@@ -40,7 +40,11 @@ def materialize_partitions(
         print(f"  ok  {label}  ({time.time() - t:.1f}s)", flush=True)
 
 
-def run_demo(variants: Sequence[str] = ("full",), languages: Sequence[str] | None = None) -> int:
+def run_demo(
+    variants: Sequence[str] = ("full",),
+    languages: Sequence[str] | None = None,
+    with_tasks: bool = True,
+) -> int:
     from assets.partitions import LANGUAGES, multi_key
     from pipelines.definitions import defs
 
@@ -53,6 +57,13 @@ def run_demo(variants: Sequence[str] = ("full",), languages: Sequence[str] | Non
     materialize_partitions(defs, instance, "kenlm_models", langs)
     keys = [multi_key(v, lang) for v in variants for lang in langs]
     materialize_partitions(defs, instance, ["deduplicated", "quality_scored", "curated"], keys)
+    if with_tasks:
+        from assets.tasks import DEFAULT_LANGUAGES, TASK_LANGUAGES
+
+        materialize_partitions(defs, instance, ["parallel_corpus", "task_splits"], [None])
+        materialize_partitions(defs, instance, "classification_task", TASK_LANGUAGES)
+        materialize_partitions(defs, instance, "translation_task", list(DEFAULT_LANGUAGES))
+        materialize_partitions(defs, instance, "classification_train", list(variants))
     print("govtune demo: done. `make ui` opens the Dagster UI on these runs.", flush=True)
     return 0
 
