@@ -1,6 +1,6 @@
 """Throughput of the governance stages against the raw library calls, in one process.
 
-    .venv/bin/python bench/governance.py [--repeat 3] [--mem-docs 1000000] [--datatrove]
+    .venv/bin/python bench/governance.py [--repeat 3] [--mem-docs 1000000]
 
 Rows: docs/s of each stage on the demo corpus; the language-ID stage ÷ raw fastText ``predict``
 on the same (newline-free) texts; MinHash dedup ÷ a plain per-document ``datasketch`` loop
@@ -107,7 +107,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--mem-docs", type=int, default=1_000_000)
-    parser.add_argument("--datatrove", action="store_true")
     parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
@@ -173,19 +172,6 @@ def main() -> None:
                 f"({m['docs'] / m['seconds']:.0f} docs/s), {m['removed']:,} removed, "
                 f"peak RSS {m['peak_gib']:.2f} GiB (target <= 4 GiB)"
             )
-    if args.datatrove:
-        compare_datatrove(lid.kept, config.dedup)
-
-
-def compare_datatrove(table, cfg: DedupConfig) -> None:
-    try:
-        import datatrove  # noqa: F401
-    except ImportError:
-        print("\ndatatrove is not installed: pip install -e '.[bench]' to compare")
-        return
-    from bench.datatrove_compare import run_datatrove_minhash
-
-    run_datatrove_minhash(table, cfg)
 
 
 if __name__ == "__main__":
