@@ -6,9 +6,11 @@ Rows: docs/s of each stage on the demo corpus; the language-ID stage ÷ raw fast
 on the same (newline-free) texts; MinHash dedup ÷ a plain per-document ``datasketch`` loop
 (``MinHash`` + ``update_batch`` + ``MinHashLSH`` insert/query); the process pool across
 languages ÷ one process; and the peak RSS of dedup over ``--mem-docs`` generated short documents
-(measured in a child process, nothing written to disk). ``--datatrove`` adds datatrove's MinHash
-pipeline on the same documents (time, and agreement on the planted near duplicates) when the
-optional ``bench`` extra is installed.
+(measured in a child process, nothing written to disk).
+
+A comparison with datatrove's MinHash pipeline is not included: datatrove 0.10.1 needs spacy and
+orjson for its word tokenizer and reader, and then fails inside its xxhash64 wrapper ("Strings
+must be encoded before hashing") with the xxhash release installed here.
 """
 
 from __future__ import annotations
