@@ -1,4 +1,9 @@
-"""Raw inputs: the bundled demo corpus (built from shipped text) and its ingest."""
+"""Raw inputs: the bundled demo corpus (built from shipped text), and the ingest of each source.
+
+``raw_documents`` is partitioned by source (a dynamic partition per input): ``demo`` is the
+bundled corpus, and every file dropped into ``<data root>/inbox/`` becomes its own partition
+(the inbox sensor adds it), so a new file is ingested alone and appears as its own run.
+"""
 
 import dagster as dg
 import pyarrow.parquet as pq
@@ -16,13 +21,12 @@ from .stage_io import (
     write_stage,
 )
 
+DEMO_SOURCE = "demo"
+source_partitions = dg.DynamicPartitionsDefinition(name="sources")
+
 
 class DemoCorpusConfig(dg.Config):
     seed: int = 0
-
-
-class IngestConfig(dg.Config):
-    inputs: list[str] = []  # files, folders, hf:NAME specs; empty: the demo corpus folder
 
 
 @dg.asset(group_name="governance", code_version="1", kinds={"python", "parquet"})
@@ -42,25 +46,33 @@ def demo_corpus(config: DemoCorpusConfig, home: GovtuneHome) -> dg.MaterializeRe
     )
 
 
+def source_input(home: GovtuneHome, source: str) -> str:
+    """The file or folder behind a source partition key."""
+    if source == DEMO_SOURCE:
+        return str(home.path("raw", "demo", "sources"))
+    return str(home.path("inbox", source))
+
+
 @dg.asset(
     group_name="governance",
     code_version="1",
     deps=[demo_corpus],
+    partitions_def=source_partitions,
     kinds={"parquet"},
     check_specs=[ledger_check_spec("raw_documents")],
 )
-def raw_documents(config: IngestConfig, home: GovtuneHome, governance: GovernanceSettings):
-    """Every input record with a stable ``doc_id``; unusable records are quarantined."""
-    inputs = config.inputs or [str(home.path("raw", "demo", "sources"))]
-    result = ingest_sources(inputs, governance.load().ingest)
-    kept_path = home.stage_file("all", "raw_documents", "all")
-    ledger_path = home.ledger_file("all", "ingest", "all")
+def raw_documents(
+    context: dg.AssetExecutionContext, home: GovtuneHome, governance: GovernanceSettings
+):
+    """One source's records with a stable ``doc_id``; unusable records are quarantined."""
+    source = context.partition_key
+    result = ingest_sources([source_input(home, source)], governance.load().ingest)
+    kept_path = home.stage_file("all", "raw_documents", source)
+    ledger_path = home.ledger_file("all", "ingest", source)
     write_stage(result, kept_path, ledger_path)
     yield dg.MaterializeResult(
         metadata=stage_metadata(
-            result,
-            kept_path,
-            sources=result.metadata["sources"],
+            result, kept_path, sources=result.metadata["sources"],
             quarantined=reason_counts(result.rejected),
         )  # fmt: skip
     )

@@ -1,6 +1,7 @@
 """Normalisation stage: NFC, mojibake repair, control characters, whitespace."""
 
 import dagster as dg
+import pyarrow as pa
 
 from quality_models.normalize import normalize_stage
 
@@ -24,11 +25,17 @@ from .stage_io import (
     check_specs=[ledger_check_spec("normalized")],
 )
 def normalized(home: GovtuneHome, governance: GovernanceSettings):
-    """Documents in Unicode NFC without control characters; what changed is counted."""
-    table = read_rows(home.stage_file("all", "raw_documents", "all"))
+    """Documents in Unicode NFC without control characters; what changed is counted. Reads every
+    ingested source (sorted by name, so the order is stable)."""
+    files = sorted(home.path("stages", "all", "raw_documents").glob("*.parquet"))
+    if not files:
+        raise dg.Failure("no ingested source yet: materialise raw_documents first")
+    table = pa.concat_tables([read_rows(f) for f in files])
     result = normalize_stage(table, governance.load().normalize)
     kept_path = home.stage_file("all", "normalized", "all")
     ledger_path = home.ledger_file("all", "normalize", "all")
     write_stage(result, kept_path, ledger_path)
-    yield dg.MaterializeResult(metadata=stage_metadata(result, kept_path))
+    yield dg.MaterializeResult(
+        metadata=stage_metadata(result, kept_path, sources=[f.stem for f in files])
+    )
     yield ledger_check(table.num_rows, kept_path, ledger_path)

@@ -7,20 +7,25 @@ import dagster as dg
 from assets import curated, dedup, ingest, kenlm, language_id, normalize, quality, tasks
 from assets.resources import GovtuneHome
 from assets.stage_io import GovernanceSettings
+from pipelines.schedules import refresh_job, refresh_schedule
+from pipelines.sensors import inbox_sensor
 
 governance_assets = dg.load_assets_from_modules(
     [ingest, normalize, language_id, dedup, kenlm, quality, curated]
 )
 task_assets = dg.load_assets_from_modules([tasks])
 
-curation_job = dg.define_asset_job(
-    "curation_job",
-    selection=dg.AssetSelection.groups("governance", "quality_models"),
-    description="raw -> normalised -> language ID -> dedup -> quality -> curated",
+# One job per partitioning, so each can be launched (or backfilled) from the UI.
+per_language_job = dg.define_asset_job(
+    "per_language_governance",
+    selection=dg.AssetSelection.assets("deduplicated", "quality_scored", "curated"),
+    description="dedup -> quality -> curated for one (variant, language) partition",
 )
 
 defs = dg.Definitions(
     assets=[*governance_assets, *task_assets],
-    jobs=[curation_job],
+    jobs=[per_language_job, refresh_job],
+    schedules=[refresh_schedule],
+    sensors=[inbox_sensor],
     resources={"home": GovtuneHome(), "governance": GovernanceSettings()},
 )

@@ -51,7 +51,12 @@ def run_demo(
     instance = _instance()
     langs = list(languages or LANGUAGES)
     print(f"govtune demo: Dagster instance at {os.environ['DAGSTER_HOME']}", flush=True)
-    materialize_partitions(defs, instance, ["demo_corpus", "raw_documents", "normalized"], [None])
+    from assets.ingest import DEMO_SOURCE, source_partitions
+
+    instance.add_dynamic_partitions(source_partitions.name, [DEMO_SOURCE])
+    materialize_partitions(defs, instance, "demo_corpus", [None])
+    materialize_partitions(defs, instance, "raw_documents", [DEMO_SOURCE])
+    materialize_partitions(defs, instance, "normalized", [None])
     for variant in variants:
         materialize_partitions(defs, instance, "language_id", [variant])
     materialize_partitions(defs, instance, "kenlm_models", langs)

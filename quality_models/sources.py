@@ -235,6 +235,27 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[str]:
     return out
 
 
+def probe_source(path: str | Path, config: IngestConfig | None = None) -> str | None:
+    """Why a file cannot be ingested at all (``None`` when it can): the inbox sensor quarantines
+    such files with this reason instead of retrying them. Bad *records* inside a readable file
+    are not a reason: ingest puts them in the ledger."""
+    config = config or IngestConfig()
+    path = Path(path)
+    if not path.is_file():
+        return "not a file"
+    if path.suffix not in SUPPORTED_SUFFIXES:
+        return f"unsupported format {path.suffix or '(none)'}; use one of {SUPPORTED_SUFFIXES}"
+    if path.stat().st_size == 0:
+        return "empty file"
+    try:
+        next(iter(read_source(str(path), config)), None)
+    except SourceError as exc:
+        return str(exc)
+    except OSError as exc:
+        return f"unreadable: {exc}"
+    return None
+
+
 def read_source(spec: str, config: IngestConfig) -> Iterator[RawRecord]:
     if spec.startswith("hf:"):
         yield from read_hf(config=config, **parse_hf_spec(spec))
