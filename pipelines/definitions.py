@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import dagster as dg
 
-from assets import curated, dedup, ingest, kenlm, language_id, normalize, quality, tasks
+from assets import (
+    curated,
+    dedup,
+    ingest,
+    kenlm,
+    language_id,
+    normalize,
+    quality,
+    tasks,
+    training,
+)
 from assets.resources import GovtuneHome
 from assets.stage_io import GovernanceSettings
 from pipelines.schedules import refresh_job, refresh_schedule
@@ -14,6 +24,7 @@ governance_assets = dg.load_assets_from_modules(
     [ingest, normalize, language_id, dedup, kenlm, quality, curated]
 )
 task_assets = dg.load_assets_from_modules([tasks])
+training_assets = dg.load_assets_from_modules([training])
 
 # One job per partitioning, so each can be launched (or backfilled) from the UI.
 per_language_job = dg.define_asset_job(
@@ -23,9 +34,13 @@ per_language_job = dg.define_asset_job(
 )
 
 defs = dg.Definitions(
-    assets=[*governance_assets, *task_assets],
+    assets=[*governance_assets, *task_assets, *training_assets],
     jobs=[per_language_job, refresh_job],
     schedules=[refresh_schedule],
     sensors=[inbox_sensor],
-    resources={"home": GovtuneHome(), "governance": GovernanceSettings()},
+    resources={
+        "home": GovtuneHome(),
+        "governance": GovernanceSettings(),
+        "pipes_subprocess_client": dg.PipesSubprocessClient(),
+    },
 )
