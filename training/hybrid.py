@@ -1,0 +1,760 @@
+"""The govtune hybrid adapter: a gradient-aligned low-rank branch and a Cayley-orthogonal branch,
+mixed per targeted linear layer by λ_l (definitions and formulas in docs/method.md).
+
+Shaped like a peft tuner (``HybridConfig`` / ``HybridLinear`` / ``HybridModel``) and saved like
+one (``adapter_config.json`` + ``adapter_model.safetensors``), because peft cannot hold BOFT/OFT
+and LoRA in one mixed model. For one targeted linear layer with frozen weight W::
+
+    y = W · Q((1-λ)·S) · x + b + λ · s · (B A - B0 A0) · x
+
+Q is a block-diagonal (or butterfly) Cayley rotation applied to the activations (OFTv2 style),
+A0, B0 the LoRA-GA initialisation (kept frozen so the base weights are never rewritten), and
+s = alpha / r. Both branches are zero at initialisation, so the adapted model starts equal to the
+base model for every λ.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+HYBRID_PEFT_TYPE = "GOVTUNE_HYBRID"
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+RULES = ("fixed", "grad_norm_ratio", "learned", "hard")
+STRUCTURES = ("block", "butterfly")
+CAYLEY = ("exact", "neumann")
+APPLY_TO = ("auto", "input", "weight")
+INITS = ("lora_ga", "gaussian")
+LORAGA_DIRECTIONS = ("ArB2r", "A2rBr", "ArBr")
+LORAGA_SCALES = ("stable", "unit")
+_LAYER_RE = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+
+
+@dataclass
+class HybridConfig:
+    """Everything that defines a hybrid adapter; saved as ``adapter_config.json``."""
+
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"]
+    )
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    init: str = "lora_ga"
+    loraga_direction: str = "ArB2r"
+    loraga_scale: str = "stable"
+    loraga_gamma: float = 16.0
+    block_size: int = 32
+    structure: str = "block"
+    butterfly_factors: int = 2
+    cayley: str = "exact"
+    neumann_terms: int = 5
+    apply_to: str = "auto"
+    rule: str = "grad_norm_ratio"
+    lambda_init: float = 0.5
+    refresh_every: int = 10
+    ema: float = 0.9
+    lambda_min: float = 0.05
+    lambda_max: float = 0.95
+    grad_norm: str = "l2"
+    hard_lowrank_fraction: float | None = None
+    # unitary / unit-norm constraints on selected sub-layers (see training/constraints.py)
+    unitary_layers: list[int] | None = None
+    unitary_modules: list[str] | None = None
+    exact_orthogonality: bool = False
+    unit_norm_lowrank: bool = False
+    dense_orthogonal_modules: list[str] = field(default_factory=list)
+    base_model_name_or_path: str | None = None
+    peft_type: str = HYBRID_PEFT_TYPE
+
+    def validate(self) -> HybridConfig:
+        """Raise a ValueError naming the bad field, before any tensor is touched."""
+
+        def choice(name: str, allowed: Iterable[str]) -> None:
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ValueError(f"hybrid {name}={value!r} is not one of {list(allowed)}")
+
+        choice("rule", RULES)
+        choice("structure", STRUCTURES)
+        choice("cayley", CAYLEY)
+        choice("apply_to", APPLY_TO)
+        choice("init", INITS)
+        choice("loraga_direction", LORAGA_DIRECTIONS)
+        choice("loraga_scale", LORAGA_SCALES)
+        choice("grad_norm", ("l2", "rms"))
+        if not self.target_modules:
+            raise ValueError("hybrid target_modules is empty: name at least one linear layer")
+        if self.r < 1:
+            raise ValueError(f"hybrid r must be >= 1, got {self.r}")
+        if self.block_size < 2:
+            raise ValueError(f"hybrid block_size must be >= 2, got {self.block_size}")
+        if self.structure == "butterfly" and self.butterfly_factors < 2:
+            raise ValueError("a butterfly needs butterfly_factors >= 2 (1 is the block structure)")
+        if self.neumann_terms < 2:
+            raise ValueError(f"neumann_terms must be >= 2, got {self.neumann_terms}")
+        if not 0.0 <= self.lambda_min < self.lambda_max <= 1.0:
+            raise ValueError("need 0 <= lambda_min < lambda_max <= 1")
+        if not 0.0 <= self.lambda_init <= 1.0:
+            raise ValueError(f"lambda_init must lie in [0, 1], got {self.lambda_init}")
+        if self.rule == "learned" and not 0.0 < self.lambda_init < 1.0:
+            raise ValueError("rule 'learned' needs 0 < lambda_init < 1 (λ = sigmoid(θ))")
+        if not 0.0 <= self.ema < 1.0:
+            raise ValueError(f"ema must lie in [0, 1), got {self.ema}")
+        if self.refresh_every < 1:
+            raise ValueError(f"refresh_every must be >= 1, got {self.refresh_every}")
+        if self.hard_lowrank_fraction is not None and not 0 <= self.hard_lowrank_fraction <= 1:
+            raise ValueError("hard_lowrank_fraction must lie in [0, 1]")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> HybridConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown hybrid config keys {unknown}; known: {sorted(known)}")
+        if data.get("peft_type", HYBRID_PEFT_TYPE) != HYBRID_PEFT_TYPE:
+            raise ValueError(f"not a govtune hybrid adapter config (peft_type={data['peft_type']})")
+        return cls(**dict(data)).validate()
+
+
+def matches(name: str, patterns: Iterable[str]) -> bool:
+    """peft's rule: a pattern names a module by its full name or its last dotted components."""
+    return any(name == p or name.endswith("." + p) for p in patterns)
+
+
+def layer_index(name: str) -> int | None:
+    m = _LAYER_RE.search(name)
+    return int(m.group(1)) if m else None
+
+
+class HybridLinear(nn.Module):
+    """One targeted ``nn.Linear`` with both branches and its mixing weight λ."""
+
+    def __init__(self, base_layer: nn.Linear, config: HybridConfig, name: str) -> None:
+        super().__init__()
+        if not isinstance(base_layer, nn.Linear):
+            raise TypeError(f"{name}: the hybrid adapter wraps nn.Linear, got {type(base_layer)}")
+        self.base_layer = base_layer
+        self.name = name
+        self.layer_idx = layer_index(name)
+        self.in_features, self.out_features = base_layer.in_features, base_layer.out_features
+        cfg = config
+        b = cfg.block_size
+        if self.in_features % b:
+            divisors = [
+                d for d in range(2, min(self.in_features, 256) + 1) if self.in_features % d == 0
+            ]
+            raise ValueError(
+                f"{name}: block_size {b} does not divide in_features {self.in_features}; "
+                f"choose one of {divisors[:12]}"
+            )
+        self.r, self.block, self.n_blocks = cfg.r, b, self.in_features // b
+        self.n_factors = cfg.butterfly_factors if cfg.structure == "butterfly" else 1
+        if self.n_factors > 1 and self.n_blocks < 2:
+            raise ValueError(f"{name}: a butterfly needs at least 2 blocks per factor")
+        self.scaling = cfg.alpha / cfg.r
+        self.rule = cfg.rule
+        self.apply_to = cfg.apply_to
+        self.neumann_terms = cfg.neumann_terms
+        short = name.rsplit(".", 1)[-1]
+        self.unitary = (cfg.unitary_layers is None or self.layer_idx in cfg.unitary_layers) and (
+            cfg.unitary_modules is None
+            or matches(name, cfg.unitary_modules)
+            or short in cfg.unitary_modules
+        )
+        self.cayley = "exact" if (self.unitary and cfg.exact_orthogonality) else cfg.cayley
+        dev, dt = base_layer.weight.device, torch.float32
+        self.dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
+        # low-rank branch: trainable A (r x in), B (out x r); frozen initial copies A0, B0
+        self.hybrid_A = nn.Parameter(torch.empty(cfg.r, self.in_features, device=dev, dtype=dt))
+        self.hybrid_B = nn.Parameter(torch.zeros(self.out_features, cfg.r, device=dev, dtype=dt))
+        nn.init.kaiming_uniform_(self.hybrid_A, a=math.sqrt(5))
+        self.register_buffer(
+            "hybrid_A0", torch.zeros(cfg.r, self.in_features, device=dev, dtype=dt)
+        )
+        self.register_buffer(
+            "hybrid_B0", torch.zeros(self.out_features, cfg.r, device=dev, dtype=dt)
+        )
+        # orthogonal branch: skew-symmetric generators, one per block and butterfly factor
+        m = b * (b - 1) // 2
+        self.hybrid_S = nn.Parameter(
+            torch.zeros(self.n_factors, self.n_blocks, m, device=dev, dtype=dt)
+        )
+        # gather map from [0, s, -s] to the b x b skew matrix (one indexing op per step)
+        iu = torch.triu_indices(b, b, offset=1)
+        gather = torch.zeros(b, b, dtype=torch.long)
+        gather[iu[0], iu[1]] = torch.arange(1, m + 1)
+        gather[iu[1], iu[0]] = torch.arange(m + 1, 2 * m + 1)
+        self.register_buffer("_skew_index", gather.flatten().to(dev), persistent=False)
+        # mixing weight
+        self.register_buffer("hybrid_lambda", torch.tensor(float(cfg.lambda_init), device=dev))
+        if cfg.rule == "learned":
+            logit = math.log(cfg.lambda_init / (1 - cfg.lambda_init))
+            self.hybrid_logit = nn.Parameter(torch.tensor(logit, device=dev))
+        else:
+            self.hybrid_logit = None
+        self.dense_rotation: nn.Linear | None = None  # set by constraints.add_dense_orthogonal
+        self.last_grad_norms: tuple[float, float] | None = None
+        self.bypass = False
+        self.cached_rotations: torch.Tensor | None = None  # set by HybridModel's pre-hook
+        self.refresh_flags()
+
+    # ---------------------------------------------------------------- mixing weight
+    def lam(self) -> torch.Tensor:
+        if self.hybrid_logit is not None:
+            return torch.sigmoid(self.hybrid_logit)
+        return self.hybrid_lambda
+
+    def lambda_value(self) -> float:
+        return float(self.lam().detach())
+
+    def refresh_flags(self) -> None:
+        """Cache which branches run (hard allocation) and whether A0/B0 are set: the forward
+        pass then needs no tensor-to-Python synchronisation."""
+        lam = float(self.hybrid_lambda)
+        self.lowrank_active = not (self.rule == "hard" and lam == 0.0)
+        self.orth_active = not (self.rule == "hard" and lam == 1.0)
+        self.has_init_offset = bool(self.hybrid_A0.any())
+
+    def lowrank_parameters(self) -> list[nn.Parameter]:
+        a = self._raw("hybrid_A")
+        return [a, self.hybrid_B]
+
+    def _raw(self, attr: str) -> nn.Parameter:
+        """The stored tensor behind a possibly parametrised attribute."""
+        params = getattr(self, "parametrizations", None)
+        if params is not None and attr in params:
+            return params[attr].original
+        return getattr(self, attr)
+
+    # ---------------------------------------------------------------- orthogonal branch
+    def skew(
+        self, scale: torch.Tensor | float = 1.0, params: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(factors, blocks, b, b) skew-symmetric generators, scaled by ``scale``."""
+        p = self.hybrid_S if params is None else params
+        f, n, b = p.shape[0], p.shape[1], self.block
+        ext = torch.cat([p.new_zeros(f, n, 1), p, -p], dim=-1)
+        return ext[..., self._skew_index].reshape(f, n, b, b) * scale
+
+    def rotations(
+        self, scale: torch.Tensor | float = 1.0, params: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Cayley map R = (I - S)(I + S)^-1 per block: exact solve or OFTv2's Neumann series."""
+        return cayley(self.skew(scale, params), self.cayley, self.neumann_terms)
+
+    def _shuffle(self, h: torch.Tensor, inverse: bool = False) -> torch.Tensor:
+        """Perfect shuffle between butterfly stages (an Omega network)."""
+        lead = h.shape[:-1]
+        a, c = (self.n_blocks, self.block) if not inverse else (self.block, self.n_blocks)
+        return h.reshape(*lead, a, c).transpose(-1, -2).reshape(*lead, self.in_features)
+
+    def rotate_input(self, x: torch.Tensor, rots: torch.Tensor) -> torch.Tensor:
+        """Apply Q to row vectors: x Qᵀ with Q = Π_f Pᶠᵀ R_f Pᶠ (R_f block-diagonal)."""
+        lead = x.shape[:-1]
+        h = x.reshape(-1, self.n_blocks, self.block)
+        for f in range(self.n_factors):
+            if f:
+                h = self._shuffle(h.reshape(-1, self.in_features)).reshape(
+                    -1, self.n_blocks, self.block
+                )
+            # h[n, k, :] <- R_fk @ h[n, k, :]
+            h = torch.einsum("nkj,kij->nki", h, rots[f])
+        h = h.reshape(-1, self.in_features)
+        for _ in range(self.n_factors - 1):
+            h = self._shuffle(h, inverse=True)
+        return h.reshape(*lead, self.in_features)
+
+    def orthogonal_matrix(self) -> torch.Tensor:
+        """The unmixed orthogonal transform Q (in x in) of this layer, for checks."""
+        eye = torch.eye(self.in_features, device=self.hybrid_S.device)
+        q = self.rotate_input(eye, self.rotations(1.0)).T  # rotate_input(I) = Qᵀ
+        if self.dense_rotation is not None:
+            q = q @ self.dense_rotation.weight
+        return q
+
+    # ---------------------------------------------------------------- forward
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        base = self.base_layer
+        if self.bypass:  # gradient-estimation pass: the adapter is the identity there anyway
+            return base(x)
+        if self.dense_rotation is not None:
+            x = self.dense_rotation(x)
+        lam = self.lam()
+        dtype = x.dtype
+        if self.orth_active:
+            rots = self.cached_rotations
+            if rots is None:
+                rots = self.rotations(1.0 - lam)
+            n_tokens = x.numel() // self.in_features
+            mode = self.apply_to
+            if mode == "auto":
+                # training: the weight side would also need the full d_out x d_in gradient of WQ
+                # (N·d_out·d_in work) against 3·N·d_in·b for the input side; without gradients
+                # rotating W (d_out·d_in·b) wins once there are more tokens than outputs
+                training = torch.is_grad_enabled() and self.hybrid_S.requires_grad
+                cheap_weight = not training and n_tokens > self.out_features
+                mode = "weight" if (cheap_weight and self.n_factors == 1) else "input"
+            if mode == "input":
+                y = base(self.rotate_input(x, rots.to(dtype)))
+            else:
+                if self.n_factors > 1:
+                    raise ValueError("apply_to='weight' supports the block structure only")
+                w = base.weight.reshape(self.out_features, self.n_blocks, self.block)
+                w = torch.einsum("okj,kji->oki", w, rots[0].to(w.dtype)).reshape_as(base.weight)
+                y = F.linear(x, w.to(dtype), base.bias)
+        else:
+            y = base(x)
+        if self.lowrank_active:
+            a, bmat = self.hybrid_A, self.hybrid_B
+            if self.has_init_offset:  # gradient-aligned init: subtract the frozen B0 A0
+                a = torch.cat([a, self.hybrid_A0])
+                bmat = torch.cat([bmat, -self.hybrid_B0], dim=1)
+            d = self.dropout(x).to(a.dtype)
+            y = y + (lam * self.scaling) * F.linear(F.linear(d, a), bmat).to(dtype)
+        return y
+
+    def merged_weight(self) -> torch.Tensor:
+        """W' with y = W' x + b equal to forward(x) (dense rotation folded in too)."""
+        with torch.no_grad():
+            w = self.base_layer.weight.float()
+            lam = self.lam().float()
+            if self.orth_active:
+                eye = torch.eye(self.in_features, device=w.device)
+                q = self.rotate_input(eye, self.rotations(1.0 - lam)).T
+                w = w @ q
+            if self.lowrank_active:
+                w = w + lam * self.scaling * (
+                    self.hybrid_B @ self.hybrid_A - self.hybrid_B0 @ self.hybrid_A0
+                )
+            if self.dense_rotation is not None:
+                w = w @ self.dense_rotation.weight
+        return w
+
+    # ---------------------------------------------------------------- initialisation
+    def init_from_gradient(self, grad: torch.Tensor, cfg: HybridConfig) -> tuple[float, float]:
+        """LoRA-GA initialisation from the full-weight gradient G, and the branch sensitivities.
+
+        A0 = V_r^T (top right singular vectors), B0 = ς² U_[r:2r] (direction ArB2r),
+        ς = d_out^(1/4) / sqrt(γ) for the "stable" scale. Then A = A0, B = B0 and the branch
+        output s(BA - B0A0)x is zero. Returns (ρ_lr, ρ_orth): the unmixed gradient norms of both
+        branches at this point, from the first-order surrogate L ≈ <G, W_eff>.
+        """
+        g = grad.detach().float().to(self.hybrid_A.device)
+        r = self.r
+        k = min(2 * r, min(g.shape))
+        u, _, v = torch.svd_lowrank(g, q=min(4 * r, min(g.shape)), niter=4)
+        vh = v.T
+        if cfg.loraga_direction == "ArB2r":
+            a_idx, b_idx = list(range(0, r)), list(range(r, 2 * r))
+        elif cfg.loraga_direction == "A2rBr":
+            a_idx, b_idx = list(range(r, 2 * r)), list(range(0, r))
+        else:
+            a_idx, b_idx = list(range(1, 2 * r, 2)), list(range(0, 2 * r, 2))
+        a_idx = [i % k for i in a_idx]
+        b_idx = [i % k for i in b_idx]
+        a0 = vh[a_idx, :]
+        b0 = u[:, b_idx]
+        if cfg.loraga_scale == "stable":
+            b0 = b0 * (self.out_features**0.5 / cfg.loraga_gamma)  # ς² with ς = d_out^¼/√γ
+        with torch.no_grad():
+            self._raw("hybrid_A").copy_(a0)
+            self.hybrid_B.copy_(b0)
+            self.hybrid_A0.copy_(a0)
+            self.hybrid_B0.copy_(b0)
+        self.refresh_flags()
+        return self.sensitivities(g, cfg)
+
+    def sensitivities(self, g: torch.Tensor, cfg: HybridConfig) -> tuple[float, float]:
+        """(ρ_lr, ρ_orth) from a weight gradient G through the surrogate <G, W Q(S) + sBA>.
+
+        Low-rank: ∂/∂A = s Bᵀ G, ∂/∂B = s G Aᵀ (projected on the tangent space when A has
+        unit-norm rows). Orthogonal: autograd through the Cayley map of <G, W Q(S)>, which for
+        the block structure only needs the diagonal blocks M_k = W_kᵀ G_k (d_out·d_in·b work).
+        """
+        w = self.base_layer.weight.detach().float()
+        a, bm = self.hybrid_A.detach().float(), self.hybrid_B.detach().float()
+        ga, gb = self.scaling * (bm.T @ g), self.scaling * (g @ a.T)
+        params = getattr(self, "parametrizations", None)
+        if params is not None and "hybrid_A" in params:  # unit rows: the radial part is inert
+            ga = ga - (ga * a).sum(-1, keepdim=True) * a
+        s_param = self.hybrid_S.detach().clone().requires_grad_(True)
+        with torch.enable_grad():
+            rots = self.rotations(1.0, s_param)
+            if self.n_factors == 1:
+                shape = (self.out_features, self.n_blocks, self.block)
+                m = torch.einsum("oki,okj->kij", w.reshape(shape), g.reshape(shape))
+                surrogate = (m * rots[0]).sum()
+            else:
+                eye = torch.eye(self.in_features, device=w.device)
+                q_t = self.rotate_input(eye, rots)  # = Qᵀ
+                surrogate = (g * (w @ q_t.T)).sum()
+            (gs,) = torch.autograd.grad(surrogate, [s_param])
+        return _norm([ga, gb], cfg.grad_norm), _norm([gs], cfg.grad_norm)
+
+    def live_sensitivities(self, grad_norm: str) -> tuple[float, float] | None:
+        """Unmixed branch gradient norms from the current .grad (None if no gradient yet)."""
+        lr_grads = [p.grad for p in self.lowrank_parameters() if p.grad is not None]
+        if not lr_grads or self.hybrid_S.grad is None:
+            return None
+        lam = self.lambda_value()
+        rho_lr = _norm(lr_grads, grad_norm) / max(lam, 1e-6)
+        rho_orth = _norm([self.hybrid_S.grad], grad_norm) / max(1.0 - lam, 1e-6)
+        return rho_lr, rho_orth
+
+
+def cayley(s: torch.Tensor, mode: str = "exact", terms: int = 5) -> torch.Tensor:
+    """Cayley map R = (I - S)(I + S)^-1 of a batch of skew matrices (exact or Neumann series)."""
+    eye = torch.eye(s.shape[-1], device=s.device, dtype=s.dtype)
+    if mode == "exact":
+        return torch.linalg.solve(eye + s, eye - s)
+    # OFTv2: (I + S)^-1 ≈ I - S + S^2 - ... ; exact orthogonality is traded for speed
+    inv, term = eye - s, -s
+    for _ in range(2, terms):
+        term = term @ (-s)
+        inv = inv + term
+    return (eye - s) @ inv
+
+
+def _norm(tensors: list[torch.Tensor], kind: str) -> float:
+    total = sum(float(t.detach().float().pow(2).sum()) for t in tensors)
+    n = sum(t.numel() for t in tensors)
+    return math.sqrt(total / n) if kind == "rms" else math.sqrt(total)
+
+
+def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, module)
+
+
+class HybridModel(nn.Module):
+    """Wraps a causal LM, injects ``HybridLinear`` layers and owns the λ rules."""
+
+    def __init__(self, model: nn.Module, config: HybridConfig) -> None:
+        super().__init__()
+        self.config = config.validate()
+        self.model = model
+        for p in model.parameters():
+            p.requires_grad_(False)
+        targets = [
+            (n, m)
+            for n, m in model.named_modules()
+            if matches(n, config.target_modules) and not isinstance(m, HybridLinear)
+        ]
+        if not targets:
+            raise ValueError(
+                f"none of target_modules {config.target_modules} names a module of this model"
+            )
+        self.hybrid_layers: dict[str, HybridLinear] = {}
+        for name, module in targets:
+            if not isinstance(module, nn.Linear):
+                raise ValueError(f"target {name} is a {type(module).__name__}, not nn.Linear")
+            layer = HybridLinear(module, config, name)
+            _set_module(model, name, layer)
+            self.hybrid_layers[name] = layer
+        dense = list(config.dense_orthogonal_modules)
+        if dense:
+            from training.constraints import add_dense_orthogonal
+
+            chosen = [n for n in self.hybrid_layers if matches(n, dense)]
+            if not chosen:
+                raise ValueError(f"dense_orthogonal_modules {dense} match no targeted module")
+            for n in chosen:
+                add_dense_orthogonal(self.hybrid_layers[n])
+        if config.unit_norm_lowrank:
+            from training.constraints import unit_norm_rows
+
+            for layer in self.hybrid_layers.values():
+                if layer.unitary:
+                    unit_norm_rows(layer, "hybrid_A")
+        self.lambda_history: list[dict[str, Any]] = []
+        self.batch_rotations = True
+        model.register_forward_pre_hook(self._prepare_rotations)
+        model.register_forward_hook(self._drop_rotations)
+        self._sync_trainable()
+
+    # ----------------------------------------------------------- delegation
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.model(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "model":
+                raise
+            return getattr(self.model, name)
+
+    def _prepare_rotations(self, *_: Any) -> None:
+        """Compute every layer's rotations in one batched Cayley map per forward pass.
+
+        One skew gather and one batched solve for all blocks of all layers instead of one per
+        layer: on CPU the per-layer kernel overhead, not the arithmetic, dominates this part.
+        """
+        groups: dict[str, list[HybridLinear]] = {}
+        for layer in self.hybrid_layers.values():
+            layer.cached_rotations = None
+            if self.batch_rotations and layer.orth_active and not layer.bypass:
+                groups.setdefault(layer.cayley, []).append(layer)
+        for mode, layers in groups.items():
+            first = layers[0]
+            params = torch.cat([layer.hybrid_S for layer in layers], dim=1)
+            scale = torch.cat(
+                [(1.0 - layer.lam()).reshape(1).expand(layer.n_blocks) for layer in layers]
+            )
+            skew = first.skew(1.0, params) * scale[None, :, None, None]
+            rots = cayley(skew, mode, first.neumann_terms)
+            # split, not slicing: its backward is one concatenation instead of a zero-filled
+            # full-size gradient per layer
+            parts = rots.split([layer.n_blocks for layer in layers], dim=1)
+            for layer, part in zip(layers, parts, strict=True):
+                layer.cached_rotations = part
+
+    def _drop_rotations(self, *_: Any) -> None:
+        for layer in self.hybrid_layers.values():
+            layer.cached_rotations = None
+
+    def _sync_trainable(self) -> None:
+        for layer in self.hybrid_layers.values():
+            layer.refresh_flags()
+            for p in layer.lowrank_parameters():
+                p.requires_grad_(layer.lowrank_active)
+            layer.hybrid_S.requires_grad_(layer.orth_active)
+            if layer.hybrid_logit is not None:
+                layer.hybrid_logit.requires_grad_(True)
+            if layer.dense_rotation is not None:
+                for p in layer.dense_rotation.parameters():
+                    p.requires_grad_(True)
+
+    # ----------------------------------------------------------- initialisation
+    def initialize(
+        self,
+        grad_batches: Iterable[Any] | None,
+        loss_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None,
+    ) -> dict[str, tuple[float, float]]:
+        """Gradient-estimation pass: LoRA-GA init and the initial λ_l from branch sensitivities.
+
+        Uses peft's ``estimate_gradients`` (the same pass LoRA-GA runs) on the unmodified base
+        weights, which the wrapped layers expose as ``<name>.base_layer``.
+        """
+        cfg = self.config
+        if cfg.init == "gaussian":
+            if cfg.rule in ("grad_norm_ratio", "hard") and grad_batches is None:
+                raise ValueError(f"rule {cfg.rule!r} needs grad_batches for its first measurement")
+        elif grad_batches is None:
+            raise ValueError(
+                "the hybrid's LoRA-GA init needs grad_batches (a few training batches)"
+            )
+        sens: dict[str, tuple[float, float]] = {}
+        if grad_batches is not None:
+            for layer in self.hybrid_layers.values():
+                layer.bypass = True
+            try:
+                grads = estimate_weight_gradients(
+                    self.model,
+                    [f"{n}.base_layer" for n in self.hybrid_layers],
+                    grad_batches,
+                    loss_fn,
+                )
+            finally:
+                for layer in self.hybrid_layers.values():
+                    layer.bypass = False
+            for name, layer in self.hybrid_layers.items():
+                g = grads[f"{name}.base_layer"]
+                if cfg.init == "lora_ga":
+                    sens[name] = layer.init_from_gradient(g, cfg)
+                else:
+                    sens[name] = layer.sensitivities(g.float(), cfg)
+        self._initial_lambdas(sens)
+        self._sync_trainable()
+        return sens
+
+    def _initial_lambdas(self, sens: Mapping[str, tuple[float, float]]) -> None:
+        cfg = self.config
+        ratio = {n: (lr / (lr + orth) if lr + orth > 0 else 0.5) for n, (lr, orth) in sens.items()}
+        with torch.no_grad():
+            if cfg.rule == "grad_norm_ratio":
+                for n, layer in self.hybrid_layers.items():
+                    value = min(max(ratio[n], cfg.lambda_min), cfg.lambda_max)
+                    layer.hybrid_lambda.fill_(value)
+            elif cfg.rule == "hard":
+                names = sorted(ratio, key=lambda n: ratio[n], reverse=True)
+                if cfg.hard_lowrank_fraction is None:
+                    lowrank = {n for n in names if ratio[n] >= 0.5}
+                else:
+                    lowrank = set(names[: round(cfg.hard_lowrank_fraction * len(names))])
+                for n, layer in self.hybrid_layers.items():
+                    layer.hybrid_lambda.fill_(1.0 if n in lowrank else 0.0)
+        for n, layer in self.hybrid_layers.items():
+            layer.last_grad_norms = sens.get(n)
+        self._record(step=0, source="init")
+
+    # ----------------------------------------------------------- λ rules during training
+    def refresh_lambdas(self, step: int) -> dict[str, Any] | None:
+        """Call after backward and before ``optimizer.step``; on every K-th step update λ.
+
+        ``grad_norm_ratio``: λ ← β λ + (1 - β) clip(ρ_lr / (ρ_lr + ρ_orth)), with ρ the branch
+        gradient norms divided by the branch's current mixing factor (λ or 1 - λ), so a branch
+        that is mixed down is not starved by its own small gradient. Other rules only log.
+        Returns the logged record on refresh steps, else None.
+        """
+        cfg = self.config
+        if step % cfg.refresh_every:
+            return None
+        with torch.no_grad():
+            for layer in self.hybrid_layers.values():
+                sens = layer.live_sensitivities(cfg.grad_norm)
+                if sens is None:
+                    continue
+                layer.last_grad_norms = sens
+                if cfg.rule != "grad_norm_ratio":
+                    continue
+                lr, orth = sens
+                target = lr / (lr + orth) if lr + orth > 0 else layer.lambda_value()
+                target = min(max(target, cfg.lambda_min), cfg.lambda_max)
+                layer.hybrid_lambda.mul_(cfg.ema).add_((1.0 - cfg.ema) * target)
+        return self._record(step=step, source="refresh")
+
+    def _record(self, step: int, source: str) -> dict[str, Any]:
+        rec = {
+            "step": step,
+            "source": source,
+            "rule": self.config.rule,
+            "lambdas": self.lambdas(),
+            "branch_grad_norms": {
+                n: list(layer.last_grad_norms)
+                for n, layer in self.hybrid_layers.items()
+                if layer.last_grad_norms is not None
+            },
+        }
+        self.lambda_history.append(rec)
+        return rec
+
+    def lambdas(self) -> dict[str, float]:
+        return {n: round(layer.lambda_value(), 6) for n, layer in self.hybrid_layers.items()}
+
+    # ----------------------------------------------------------- persistence
+    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
+        """Every adapter tensor (parameters and buffers), never the frozen base weights."""
+        out: dict[str, torch.Tensor] = {}
+        for name, layer in self.hybrid_layers.items():
+            for key, value in layer.state_dict().items():
+                if key.startswith("base_layer."):
+                    continue
+                out[f"{name}.{key}"] = value.detach().contiguous().clone()
+        return out
+
+    def load_adapter_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        expected = set(self.adapter_state_dict())
+        missing, unexpected = expected - set(state), set(state) - expected
+        if missing or unexpected:
+            raise ValueError(
+                "adapter weights do not fit this model/config: "
+                f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+            )
+        for name, layer in self.hybrid_layers.items():
+            prefix = f"{name}."
+            sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+            result = layer.load_state_dict(sub, strict=False)
+            bad = [k for k in result.missing_keys if not k.startswith("base_layer.")]
+            if bad or result.unexpected_keys:
+                raise ValueError(f"{name}: missing {bad}, unexpected {result.unexpected_keys}")
+        self._sync_trainable()
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        cfg = self.config.to_dict()
+        if cfg.get("base_model_name_or_path") is None:
+            cfg["base_model_name_or_path"] = getattr(self.model, "name_or_path", None) or None
+        (directory / CONFIG_NAME).write_text(json.dumps(cfg, indent=2))
+        save_file(
+            self.adapter_state_dict(), str(directory / WEIGHTS_NAME), metadata={"format": "pt"}
+        )
+        if self.lambda_history:
+            (directory / "lambda_history.json").write_text(json.dumps(self.lambda_history))
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, model: nn.Module, directory: str | Path) -> HybridModel:
+        """Rebuild the adapter on an unmodified base model and load its weights."""
+        directory = Path(directory)
+        cfg_path = directory / CONFIG_NAME
+        if not cfg_path.is_file():
+            raise FileNotFoundError(f"no {CONFIG_NAME} in {directory}")
+        config = HybridConfig.from_dict(json.loads(cfg_path.read_text()))
+        wrapped = cls(model, config)
+        state = load_file(str(directory / WEIGHTS_NAME))
+        wrapped.load_adapter_state_dict(state)
+        return wrapped
+
+    def merge_and_unload(self) -> nn.Module:
+        """Fold every adapter into its base weight and return the plain model."""
+        for name, layer in self.hybrid_layers.items():
+            base = layer.base_layer
+            with torch.no_grad():
+                base.weight.copy_(layer.merged_weight().to(base.weight.dtype))
+            _set_module(self.model, name, base)
+        self.hybrid_layers = {}
+        return self.model
+
+
+def estimate_weight_gradients(
+    model: nn.Module,
+    module_names: list[str],
+    grad_batches: Iterable[Any],
+    loss_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Average full-weight gradients of the named linear layers over ``grad_batches``.
+
+    Delegates to peft's LoRA-GA ``estimate_gradients`` so the hybrid and LoRA-GA see the same
+    gradient. ``loss_fn(model, batch)`` defaults to the model's own loss on ``labels``.
+    """
+    from peft import LoraConfig
+    from peft.tuners.lora.loraga import estimate_gradients
+
+    batches = list(grad_batches)
+    if not batches:
+        raise ValueError("grad_batches is empty: the gradient estimation needs at least one batch")
+    fn = loss_fn or default_loss
+
+    def train_step() -> None:
+        for batch in batches:
+            fn(model, batch).backward()
+
+    # a regex string is matched with re.fullmatch by peft: exactly these modules
+    cfg = LoraConfig(target_modules="(" + "|".join(re.escape(n) for n in module_names) + ")")
+    with warnings.catch_warnings():  # peft's counting hook warns when inputs need no grad
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        estimate_gradients(model, cfg, train_step)
+    out = {}
+    for n in module_names:
+        module = model.get_submodule(n)
+        grad = getattr(module, "_peft_loraga_grad", None)
+        if grad is None:
+            raise RuntimeError(f"no gradient reached {n}: is it used by the loss?")
+        out[n] = grad
+        del module._peft_loraga_grad
+    return out
+
+
+def default_loss(model: nn.Module, batch: Mapping[str, Any]) -> torch.Tensor:
+    keys = ("input_ids", "attention_mask", "labels")
+    return model(**{k: batch[k] for k in keys if k in batch}).loss

@@ -1,0 +1,287 @@
+"""One interface over every fine-tuning method govtune compares.
+
+``apply_method(model, MethodConfig, grad_batches)`` returns a model ready to train:
+
+========== ============================================================================
+full        every parameter trains
+lora        peft LoRA
+lora_ga     peft LoRA with LoRA-GA init (``preprocess_loraga`` rewrites base weights;
+            ``save_adapter`` converts the result back to a plain LoRA on the original base)
+boft        peft BOFT (butterfly orthogonal)
+oft         peft OFT (v2: input-centric, Cayley–Neumann)
+hybrid      govtune's hybrid adapter (training/hybrid.py)
+hybrid_unitary  the hybrid plus unitary / unit-norm constraints on selected sub-layers
+========== ============================================================================
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from training.hybrid import HybridConfig, HybridModel, default_loss, matches
+
+METHODS = ("full", "lora", "lora_ga", "boft", "oft", "hybrid", "hybrid_unitary")
+PEFT_METHODS = ("lora", "lora_ga", "boft", "oft")
+METHOD_FILE = "govtune_method.json"
+
+
+@dataclass
+class MethodConfig:
+    """The method and its knobs. ``hybrid`` holds ``HybridConfig`` overrides (rule, block size,
+    constraints ...); the shared fields (targets, r, alpha, dropout, LoRA-GA) apply to it too."""
+
+    name: str = "hybrid"
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"]
+    )
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    loraga_direction: str = "ArB2r"
+    loraga_scale: str = "stable"
+    loraga_gamma: int = 16
+    boft_block_size: int = 8
+    boft_n_butterfly_factor: int = 1
+    oft_block_size: int = 32
+    hybrid: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> MethodConfig:
+        if self.name not in METHODS:
+            raise ValueError(f"unknown method {self.name!r}; choose one of {list(METHODS)}")
+        if self.r < 1:
+            raise ValueError(f"r must be >= 1, got {self.r}")
+        if not self.target_modules:
+            raise ValueError("target_modules is empty")
+        if self.name.startswith("hybrid"):
+            self.to_hybrid_config()  # raises on a bad hybrid key or value
+        return self
+
+    def to_hybrid_config(self) -> HybridConfig:
+        """The HybridConfig this method runs; ``hybrid_unitary`` switches the constraints on."""
+        base: dict[str, Any] = {
+            "target_modules": list(self.target_modules),
+            "r": self.r,
+            "alpha": self.alpha,
+            "dropout": self.dropout,
+            "loraga_direction": self.loraga_direction,
+            "loraga_scale": self.loraga_scale,
+            "loraga_gamma": float(self.loraga_gamma),
+        }
+        if self.name == "hybrid_unitary":
+            base.update(exact_orthogonality=True, unit_norm_lowrank=True)
+        known = {f.name for f in fields(HybridConfig)}
+        unknown = sorted(set(self.hybrid) - known)
+        if unknown:
+            raise ValueError(f"unknown hybrid options {unknown}; known: {sorted(known)}")
+        base.update(self.hybrid)
+        return HybridConfig(**base).validate()
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> MethodConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown method config keys {unknown}; known: {sorted(known)}")
+        return cls(**dict(data)).validate()
+
+
+def check_targets(model: nn.Module, target_modules: list[str]) -> list[str]:
+    """Names of the nn.Linear modules the targets select; a clear error if there are none."""
+    found = [n for n, m in model.named_modules() if matches(n, target_modules)]
+    if not found:
+        linear = sorted(
+            {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+        )
+        raise ValueError(
+            f"target_modules {target_modules} match nothing; this model's linear layers: {linear}"
+        )
+    bad = [n for n in found if not isinstance(model.get_submodule(n), nn.Linear)]
+    if bad:
+        raise ValueError(f"target_modules must name nn.Linear layers; not linear: {bad[:5]}")
+    return found
+
+
+def apply_method(
+    model: nn.Module,
+    config: MethodConfig,
+    grad_batches: Iterable[Any] | None = None,
+    loss_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None,
+) -> nn.Module:
+    """Turn a base causal LM into a trainable model for ``config.name``.
+
+    ``grad_batches`` (a few training batches) feed the gradient-estimation pass of ``lora_ga``
+    and the hybrids; ``loss_fn(model, batch)`` defaults to the model's loss on ``labels``.
+    Deterministic given the torch seed (LoRA-GA uses a randomised SVD).
+    """
+    config.validate()
+    name = config.name
+    if name in ("lora_ga", "hybrid", "hybrid_unitary") and grad_batches is None:
+        raise ValueError(f"method {name!r} needs grad_batches for its gradient-estimation pass")
+    if name == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+    check_targets(model, list(config.target_modules))
+    if name.startswith("hybrid"):
+        wrapped = HybridModel(model, config.to_hybrid_config())
+        wrapped.initialize(grad_batches, loss_fn)
+        return wrapped
+
+    from peft import get_peft_model, get_peft_model_state_dict
+
+    peft_cfg = peft_config(config)
+    if name == "boft" and not torch.cuda.is_available():
+        _skip_boft_cuda_build()
+    if name == "lora_ga":
+        from peft import preprocess_loraga
+
+        batches = list(grad_batches or [])
+        if not batches:
+            raise ValueError("grad_batches is empty")
+        fn = loss_fn or default_loss
+
+        def train_step() -> None:
+            for batch in batches:
+                fn(model, batch).backward()
+
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            preprocess_loraga(model, peft_cfg, train_step)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*fused.*|.*CUDA.*|.*extension.*")
+        peft_model = get_peft_model(model, peft_cfg)
+    if name == "lora_ga":
+        # the residual base W - s·B0A0 lives only in memory: keep the initial adapter so that
+        # save_adapter can express the result as a plain LoRA on the original base
+        init = get_peft_model_state_dict(peft_model)
+        peft_model._govtune_lora_ga_init = {k: v.detach().clone() for k, v in init.items()}
+    return peft_model
+
+
+def _skip_boft_cuda_build() -> None:
+    """peft's BOFT tries to compile its CUDA kernel (ninja + nvcc) on first use, which on a
+    CPU-only machine fails after ~10 s and falls back to one butterfly factor. Record the
+    failure up front (peft caches the result in this module global) so it is not attempted."""
+    import peft.tuners.boft.layer as boft_layer
+
+    if boft_layer._FBD_CUDA is None:
+        boft_layer._FBD_CUDA = False
+
+
+def peft_config(config: MethodConfig) -> Any:
+    """The peft config object for a peft-backed method."""
+    from peft import BOFTConfig, LoraConfig, LoraGAConfig, OFTConfig
+
+    targets = list(config.target_modules)
+    if config.name == "lora":
+        return LoraConfig(
+            r=config.r, lora_alpha=config.alpha, lora_dropout=config.dropout, target_modules=targets
+        )
+    if config.name == "lora_ga":
+        return LoraConfig(
+            r=config.r,
+            lora_alpha=config.alpha,
+            lora_dropout=config.dropout,
+            target_modules=targets,
+            init_lora_weights="lora_ga",
+            lora_ga_config=LoraGAConfig(
+                direction=config.loraga_direction,
+                scale=config.loraga_scale,
+                stable_gamma=config.loraga_gamma,
+            ),
+        )
+    if config.name == "boft":
+        return BOFTConfig(
+            boft_block_size=config.boft_block_size,
+            boft_n_butterfly_factor=config.boft_n_butterfly_factor,
+            boft_dropout=config.dropout,
+            target_modules=targets,
+        )
+    if config.name == "oft":
+        return OFTConfig(r=0, oft_block_size=config.oft_block_size, target_modules=targets)
+    raise ValueError(f"{config.name!r} is not a peft-backed method")
+
+
+def save_adapter(
+    model: nn.Module,
+    config: MethodConfig,
+    out_dir: str | Path,
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write what ``training.loader.load_finetuned`` needs to rebuild the model.
+
+    full → the whole model (safetensors); peft methods → peft's adapter format (LoRA-GA is
+    converted to a rank-2r LoRA on the original base); hybrid → HybridModel format.
+    ``govtune_method.json`` records the method, the base model and ``extra`` (task metadata).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    name = config.name
+    if name == "full":
+        model.save_pretrained(out, safe_serialization=True)
+    elif name.startswith("hybrid"):
+        model.save_pretrained(out)
+    elif name == "lora_ga":
+        from safetensors.torch import save_file
+
+        init_state = getattr(model, "_govtune_lora_ga_init", None)
+        if init_state is None:
+            raise RuntimeError(
+                "this LoRA-GA model lacks its initial adapter; build it with apply_method"
+            )
+        with tempfile.TemporaryDirectory() as tmp:
+            init_dir = Path(tmp) / "lora_ga_init"
+            init_dir.mkdir()
+            save_file(
+                {k: v.contiguous() for k, v in init_state.items()},
+                str(init_dir / "adapter_model.safetensors"),
+            )
+            model.save_pretrained(out, path_initial_model_for_weight_conversion=str(init_dir))
+    else:
+        model.save_pretrained(out)
+    meta = {"method": config.to_dict(), **dict(extra or {})}
+    (out / METHOD_FILE).write_text(json.dumps(meta, indent=2, default=str))
+    return out
+
+
+def adapter_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Everything training changes: trainable parameters plus the hybrid's λ and init buffers.
+
+    Checkpoints store this; the rest of the model is rebuilt deterministically.
+    """
+    out = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    if isinstance(model, HybridModel):
+        for n, b in model.named_buffers():
+            if ".hybrid_" in n:
+                out[n] = b.detach().clone()
+    return out
+
+
+def load_adapter_tensors(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """Copy ``adapter_tensors`` output back into an identically built model (strict names)."""
+    params = dict(model.named_parameters())
+    buffers = dict(model.named_buffers())
+    expected = set(adapter_tensors(model))
+    missing, unexpected = expected - set(state), set(state) - expected
+    if missing or unexpected:
+        raise ValueError(
+            f"checkpoint does not fit this model: missing {sorted(missing)[:3]}, "
+            f"unexpected {sorted(unexpected)[:3]} (was it made with another method or config?)"
+        )
+    with torch.no_grad():
+        for n, t in state.items():
+            target = params.get(n, buffers.get(n))
+            assert target is not None
+            target.copy_(t)
