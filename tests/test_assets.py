@@ -28,7 +28,7 @@ def _run(home, instance, selection, partition_key=None):
         assets=list(defs.assets),
         selection=selection,
         partition_key=partition_key,
-        resources={"home": home, "governance": GovernanceSettings()},
+        resources={**defs.resources, "home": home, "governance": GovernanceSettings()},
         instance=instance,
         raise_on_error=True,
     )
