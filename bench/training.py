@@ -6,16 +6,17 @@
 (the script sets those allocator variables for its workers itself; see shared/REFERENCES.md
 "Benchmark hygiene on CPU"). One worker process per (model, method):
 
-1. loads the base model, applies the method, runs ``--warmup`` + ``--steps`` AdamW steps on a fixed
-   seeded batch while a thread samples the process RSS: the method's *peak memory*;
+1. loads the base model, applies the method, runs ``--warmup`` + ``--steps`` AdamW steps on a
+   fixed seeded batch and records the peak RSS of those steps: the method's *peak memory*;
 2. loads a second base copy with LoRA and times ``--steps`` rounds that alternate one LoRA step
    and one method step, so the *time ratio* is taken against a LoRA baseline in the same process
    under the same load (the machine is shared).
 
-Memory ratios compare worker processes that each hold one method: the peak RSS sampled during
-the steps, after memory freed by set-up (loading, the gradient-estimation pass) was handed back
-with ``malloc_trim``; "Δ" is that peak minus the RSS after loading the base, i.e. what the
-method and its training steps add.
+The time ratio is the median over rounds of (method step ÷ the adjacent LoRA step). Memory
+ratios compare worker processes that each hold one method: the peak RSS during the steps (the
+kernel's high-water mark, reset before the steps), after memory freed by set-up (loading, the
+gradient-estimation pass) was handed back with ``malloc_trim``; "Δ" is that peak minus the RSS
+after loading the base, i.e. what the method and its training steps add.
 """
 
 from __future__ import annotations
@@ -41,22 +42,40 @@ MALLOC_ENV = {
 DEFAULT_METHODS = "lora,full,lora_ga,boft,oft,hybrid,hybrid_unitary,hybrid:hard"
 
 
-class RssSampler:
-    """Peak resident memory of this process, sampled every few milliseconds."""
+class PeakRss:
+    """Peak resident memory over a block: the kernel's own high-water mark (VmHWM), reset on
+    entry through /proc/self/clear_refs, so no transient buffer is missed; where that is not
+    available, a thread samples the RSS every few milliseconds."""
 
-    def __init__(self, interval: float = 0.003):
+    def __init__(self, interval: float = 0.002):
         import psutil
 
         self.proc, self.interval, self.peak = psutil.Process(), interval, 0
+        self.exact = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def _hwm() -> int | None:
+        try:
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+        except OSError:
+            return None
+        return None
 
     def _run(self) -> None:
         while not self._stop.is_set():
             self.peak = max(self.peak, self.proc.memory_info().rss)
             time.sleep(self.interval)
 
-    def __enter__(self) -> RssSampler:
+    def __enter__(self) -> PeakRss:
+        try:
+            Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+            self.exact = self._hwm() is not None
+        except OSError:
+            self.exact = False
         self._thread.start()
         return self
 
@@ -64,6 +83,8 @@ class RssSampler:
         self._stop.set()
         self._thread.join()
         self.peak = max(self.peak, self.proc.memory_info().rss)
+        if self.exact:
+            self.peak = max(self.peak, self._hwm() or 0)
 
 
 def release_freed_memory() -> None:
@@ -141,7 +162,7 @@ def worker(args: argparse.Namespace) -> dict:
     model, opt, setup = build(args.method, base)
     trainable, total = count_parameters(model)
     release_freed_memory()  # the gradient-estimation pass must not count as training memory
-    with RssSampler() as rss:
+    with PeakRss() as rss:
         solo = [step(model, opt) for _ in range(args.warmup + args.steps)]
     out = {
         "model": args.model,
@@ -166,7 +187,11 @@ def worker(args: argparse.Namespace) -> dict:
                 acc.append(step(m, o))
         out["lora_step_s"] = statistics.median(t_lora)
         out["method_step_s"] = statistics.median(t_method)
-        out["time_ratio"] = out["method_step_s"] / out["lora_step_s"]
+        # median of the per-round ratios: adjacent steps share the machine's load of the moment
+        out["time_ratio"] = statistics.median(
+            m / lo for m, lo in zip(t_method, t_lora, strict=True)
+        )
+        out["peak_exact"] = rss.exact
     return out
 
 
@@ -273,8 +298,9 @@ def main() -> None:
                 )
     print(
         f"batch {args.batch} x {args.seq} tokens, fp32, {args.threads} threads, "
-        f"{args.warmup} warm-up + {args.steps} measured steps; time ratio = method ÷ LoRA "
-        "stepped alternately in one process; memory = peak RSS of a process holding one method"
+        f"{args.warmup} warm-up + {args.steps} measured steps; ÷LoRA t = median of per-round "
+        "(method step ÷ adjacent LoRA step) in one process; peak MB = high-water RSS of a "
+        "process holding one method during its steps; step ms = median method step"
     )
     print(table(rows))
     if args.json:
