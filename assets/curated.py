@@ -3,7 +3,12 @@
 import dagster as dg
 import pyarrow.compute as pc
 
-from quality_models.contract import read_parquet, write_parquet_atomic, write_text_atomic
+from quality_models.contract import (
+    read_parquet,
+    reason_counts,
+    write_parquet_atomic,
+    write_text_atomic,
+)
 
 from .partitions import variant_and_lang, variant_language_partitions
 from .quality import quality_scored
@@ -29,10 +34,7 @@ def curated(context: dg.AssetExecutionContext, home: GovtuneHome) -> dg.Material
             rej = read_parquet(ledger)
             if name == "all":
                 rej = rej.filter(pc.equal(rej.column("lang"), lang))
-            counts: dict[str, int] = {}
-            for r in rej.column("reason").to_pylist():
-                counts[r] = counts.get(r, 0) + 1
-            stages += [f"| {stage_dir} | {k} | {v} |" for k, v in sorted(counts.items())]
+            stages += [f"| {stage_dir} | {k} | {v} |" for k, v in reason_counts(rej).items()]
     card = "\n".join(
         [
             f"# govtune curated `{lang}` (variant `{variant}`)",
