@@ -1,6 +1,7 @@
 """Base model and fine-tuning. Training runs out of process through Dagster Pipes
 (``python -m training``), streams its metrics back, and resumes from its last checkpoint when a
-materialisation is retried with the same configuration."""
+materialisation is retried with the same configuration. ``finetune`` is partitioned by
+governance variant x run (method, seed, task), so an experiment grid is a set of partitions."""
 
 import base64
 import json
@@ -12,7 +13,7 @@ import pyarrow.compute as pc
 
 from quality_models.contract import read_parquet, write_parquet_atomic
 
-from .partitions import variant_partitions
+from .partitions import parse_run_key, variant_run_partitions
 from .resources import GovtuneHome
 
 
@@ -41,23 +42,32 @@ def base_model(config: BaseModelConfig, home: GovtuneHome) -> dg.MaterializeResu
 
 
 class FinetuneConfig(dg.Config):
+    """Shared by every run of an experiment; the method and seed come from the partition key."""
+
+    experiment: str = "demo"  # runs/<experiment>/..., reports/<experiment>/...
     model: str = "gemma-3-270m"
-    method: str = "hybrid"  # full | lora | lora_ga | boft | oft | hybrid | hybrid_unitary
     rule: str = "grad_norm_ratio"  # hybrid mixing: fixed | grad_norm_ratio | learned | hard
     steps: int = 20
-    seed: int = 0
     batch_size: int = 8
     max_length: int = 64
     lr: float = 2e-4
-    train_langs: list[str] = ["en"]  # zero-shot cross-lingual by default
-    eval_langs: list[str] = []  # empty: every task language
+    train_langs: list[str] = ["en"]  # classification: zero-shot cross-lingual by default
+    translation_langs: list[str] = ["de"]  # translation runs: en<->xx for these languages
     eval_max_examples: int = 64
     moo: str = "none"  # none | mgda | pcgrad | cagrad
     moo_scope: str = "bucket"  # global | bucket | layer
 
 
-def run_name(config: FinetuneConfig) -> str:
-    return f"{config.model}-{config.method}-{config.rule}-{config.moo}-s{config.seed}"
+def model_path(home: GovtuneHome, model: str) -> str:
+    """A shipped alias lives under the data root (the ``base_model`` asset converts it); any
+    other name ("tiny", a path, a Hub name) goes to the trainer as it is."""
+    from training.models import SHIPPED_MODELS
+
+    return str(home.path("models", model)) if model in SHIPPED_MODELS else model
+
+
+def run_dir_for(home: GovtuneHome, experiment: str, variant: str, run: str):
+    return home.path("runs", experiment, variant, run)
 
 
 def training_records(home: GovtuneHome, variant: str) -> pa.Table:
@@ -68,15 +78,49 @@ def training_records(home: GovtuneHome, variant: str) -> pa.Table:
     return pa.concat_tables([train.select(evals.column_names), evals])
 
 
+def train_config(config: FinetuneConfig, task: str, method: str, seed: int, run_dir, data, model):
+    """The trainer's configuration as dotted keys (``python -m training`` / Pipes extras)."""
+    langs = config.train_langs if task == "classification" else config.translation_langs
+    return {
+        "run_dir": str(run_dir), "model": str(model), "data": str(data), "task": task,
+        "method.name": method, "method.hybrid.rule": config.rule, "steps": config.steps,
+        "seed": seed, "batch_size": config.batch_size, "max_length": config.max_length,
+        "lr": config.lr, "train_langs": langs,
+        "eval_langs": None if task == "classification" else langs,
+        "eval_max_examples": config.eval_max_examples, "moo": config.moo,
+        "moo_scope": config.moo_scope, "progress": False,
+    }  # fmt: skip
+
+
+def finished(run_dir, dotted: dict) -> bool:
+    """True when ``run_dir`` holds a completed run of exactly this configuration, so a
+    re-materialisation (``make reproduce`` continued after an interruption) does not retrain."""
+    from training.cli import build_parser, config_from_args
+    from training.trainer import TrainConfig
+
+    summary, saved = run_dir / "summary.json", run_dir / "config.json"
+    if not (summary.is_file() and saved.is_file() and (run_dir / "adapter").is_dir()):
+        return False
+    wanted = config_from_args(build_parser().parse_args([]), dotted)
+    done = TrainConfig.from_dict(json.loads(saved.read_text()))
+    return done.fingerprint() == wanted.fingerprint() and (
+        json.loads(summary.read_text()).get("steps") == wanted.steps
+    )
+
+
 @dg.asset(
     group_name="training",
-    code_version="1",
+    code_version="2",
     deps=[
         base_model,
-        dg.AssetDep("classification_train"),  # same variant partition
+        dg.AssetDep(
+            "classification_train",
+            partition_mapping=dg.MultiToSingleDimensionPartitionMapping("variant"),
+        ),
         dg.AssetDep("classification_task", partition_mapping=dg.AllPartitionMapping()),
+        dg.AssetDep("translation_task", partition_mapping=dg.AllPartitionMapping()),
     ],
-    partitions_def=variant_partitions,
+    partitions_def=variant_run_partitions,
     kinds={"pytorch"},
     op_tags={"govtune/stage": "training"},
 )
@@ -86,23 +130,33 @@ def finetune(
     home: GovtuneHome,
     pipes_subprocess_client: dg.PipesSubprocessClient,
 ):
-    """Fine-tune the base model on one governance variant's task data, out of process."""
-    variant = context.partition_key
-    run_dir = home.path("runs", variant, run_name(config))
-    data = write_parquet_atomic(training_records(home, variant), run_dir / "data.parquet")
-    model = str(home.path("models", config.model))
-    train_config = {
-        "run_dir": str(run_dir), "model": model, "data": str(data), "task": "classification",
-        "method.name": config.method, "method.hybrid.rule": config.rule, "steps": config.steps,
-        "seed": config.seed, "batch_size": config.batch_size, "max_length": config.max_length,
-        "lr": config.lr, "train_langs": config.train_langs,
-        "eval_langs": config.eval_langs or None, "eval_max_examples": config.eval_max_examples,
-        "moo": config.moo, "moo_scope": config.moo_scope, "progress": False,
-    }  # fmt: skip
+    """Fine-tune the base model with one method and seed on one governance variant's task data,
+    out of process; a finished run with the same configuration is reused, not retrained."""
+    keys = context.partition_key.keys_by_dimension
+    variant, run = keys["variant"], keys["run"]
+    task, method, seed = parse_run_key(run)
+    run_dir = run_dir_for(home, config.experiment, variant, run)
+    if task == "classification":
+        data = run_dir / "data.parquet"
+        if not data.is_file():
+            write_parquet_atomic(training_records(home, variant), data)
+    else:
+        data = home.path("tasks", "translation.parquet")
+    model = model_path(home, config.model)
+    dotted = train_config(config, task, method, seed, run_dir, data, model)
+    common = {"variant": variant, "method": method, "seed": seed, "task": task,
+              "experiment": config.experiment,
+              "run_dir": dg.MetadataValue.path(str(run_dir))}  # fmt: skip
+    if finished(run_dir, dotted):
+        context.log.info(f"{run_dir} already holds this finished run: reused")
+        summary = json.loads((run_dir / "summary.json").read_text())
+        return dg.MaterializeResult(
+            metadata={**common, **summary_metadata(summary), "reused": True}
+        )
     invocation = pipes_subprocess_client.run(
         command=[sys.executable, "-m", "training"],
         context=context,
-        extras={"train_config": train_config},
+        extras={"train_config": dotted},
     )
     streamed = [m for m in invocation.get_custom_messages() if isinstance(m, dict)]
     # the run's own record covers every step, also those done before a resume
@@ -115,14 +169,24 @@ def finetune(
     losses = [m["loss"] for m in metrics if "loss" in m]
     result = invocation.get_materialize_result()
     extra = {
-        "variant": variant,
+        **common,
+        "reused": False,
         "metrics_streamed": len(streamed),
         "loss_curve": dg.MetadataValue.json([round(x, 4) for x in losses]),
-        "run_dir": dg.MetadataValue.path(str(run_dir)),
     }
     if any(m.get("moo") for m in metrics):
         extra.update(conflict_metadata(metrics, run_dir / "moo_conflicts.png"))
     return dg.MaterializeResult(metadata={**(result.metadata or {}), **extra})
+
+
+def summary_metadata(summary: dict) -> dict:
+    """The scalars of a finished run's summary.json (what the Pipes run reported)."""
+    out = {
+        k: v for k, v in summary.items() if isinstance(v, (int, float, str)) and k != "adapter_dir"
+    }
+    foot = summary.get("footprint") or {}
+    out.update({f"footprint/{k}": v for k, v in foot.items() if isinstance(v, (int, float))})
+    return out
 
 
 def conflict_metadata(metrics: list[dict], png) -> dict:

@@ -69,6 +69,13 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo()
 
 
+def _experiment(args: argparse.Namespace) -> int:
+    from pipelines.demo import _instance
+    from pipelines.experiment import ExperimentPlan, run_experiment
+
+    return run_experiment(ExperimentPlan.load(args.config), _instance())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="govtune", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -87,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     dc.set_defaults(func=_demo_corpus)
     demo = sub.add_parser("demo", help="materialise the whole asset graph on the demo data")
     demo.set_defaults(func=_demo)
+    exp = sub.add_parser(
+        "experiment", help="train, score and report an experiment plan (make reproduce)"
+    )
+    exp.add_argument("config", help="experiment YAML, e.g. configs/reproduce.yaml")
+    exp.set_defaults(func=_experiment)
     return parser
 
 

@@ -7,6 +7,7 @@ import dagster as dg
 from assets import (
     curated,
     dedup,
+    evaluation,
     ingest,
     kenlm,
     language_id,
@@ -25,6 +26,7 @@ governance_assets = dg.load_assets_from_modules(
 )
 task_assets = dg.load_assets_from_modules([tasks])
 training_assets = dg.load_assets_from_modules([training])
+evaluation_assets = dg.load_assets_from_modules([evaluation])
 
 # One job per partitioning, so each can be launched (or backfilled) from the UI.
 per_language_job = dg.define_asset_job(
@@ -34,7 +36,7 @@ per_language_job = dg.define_asset_job(
 )
 
 defs = dg.Definitions(
-    assets=[*governance_assets, *task_assets, *training_assets],
+    assets=[*governance_assets, *task_assets, *training_assets, *evaluation_assets],
     jobs=[per_language_job, refresh_job],
     schedules=[refresh_schedule],
     sensors=[inbox_sensor],

@@ -1,0 +1,68 @@
+"""``python -m evaluation --config eval.yaml`` (or Pipes extras ``eval_config``): score a finished
+run into a predictions Parquet file (``evaluation/predict.py``).
+
+Under Dagster Pipes (``DAGSTER_PIPES_CONTEXT`` set) the extra ``eval_config`` holds the
+``PredictConfig`` fields and the run ends with a materialisation carrying the row counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PIPES_ENV = "DAGSTER_PIPES_CONTEXT"
+
+
+def _config(args: argparse.Namespace, extra: dict[str, Any]) -> Any:
+    from evaluation.predict import PredictConfig
+
+    cfg: dict[str, Any] = {}
+    if args.config is not None:
+        cfg.update(yaml.safe_load(Path(args.config).read_text()) or {})
+    cfg.update(extra)
+    for key in ("run_dir", "data", "out", "task"):
+        if getattr(args, key) is not None:
+            cfg[key] = getattr(args, key)
+    return PredictConfig.from_dict(cfg)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from evaluation.predict import predict
+
+    p = argparse.ArgumentParser(prog="python -m evaluation", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", help="YAML with PredictConfig fields")
+    p.add_argument("--run-dir")
+    p.add_argument("--data")
+    p.add_argument("--out")
+    p.add_argument("--task", choices=["classification", "translation"])
+    args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
+    with contextlib.ExitStack() as stack:
+        pipes = None
+        if PIPES_ENV in os.environ:
+            from dagster_pipes import open_dagster_pipes  # the dagster-free Pipes package
+
+            pipes = stack.enter_context(open_dagster_pipes())
+        extra = dict(pipes.extras.get("eval_config") or {}) if pipes is not None else {}
+        try:
+            cfg = _config(args, extra)
+            table = predict(cfg)
+        except (ValueError, OSError) as exc:
+            # bad input: one clear line; GOVTUNE_DEBUG=1 re-raises for the full trace
+            if os.environ.get("GOVTUNE_DEBUG"):
+                raise
+            print(f"error: {exc}", file=sys.stderr)
+            if pipes is not None:
+                pipes.log.error(str(exc))
+            return 2
+        if pipes is not None:
+            pipes.report_asset_materialization(metadata={"rows": table.num_rows})
+        print(json.dumps({"rows": table.num_rows, "out": cfg.out}))
+        return 0
