@@ -98,7 +98,9 @@ def test_translation_hypotheses(data, runs):
 
 def test_bad_input_is_a_clear_error(data, runs, tmp_path):
     with pytest.raises(FileNotFoundError, match="evaluation data not found"):
-        predict(_config(data, runs["s0"], "x.parquet", data=str(tmp_path / "missing.parquet")))
+        cfg = _config(data, runs["s0"], "x.parquet")
+        cfg.data = str(tmp_path / "missing.parquet")
+        predict(cfg)
     with pytest.raises(ValueError, match="unknown perturbations"):
         PredictConfig.from_dict({"run_dir": "r", "data": "d", "out": "o",
                                  "robustness": {"perturbations": ["rot13"]}})  # fmt: skip
