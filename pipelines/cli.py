@@ -1,8 +1,11 @@
 """The ``govtune`` command line.
 
 ``govtune curate INPUT... --out DIR`` runs the governance stages without Dagster (what users
-script against). ``govtune demo-corpus DIR`` builds the bundled demo corpus. ``govtune demo``
-materialises the whole asset graph into the local Dagster instance (what ``make demo`` runs).
+script against). ``govtune demo-corpus DIR`` builds the bundled demo corpus. The other commands
+materialise the same assets and partitions the UI launches, into the local Dagster instance:
+``govtune demo`` (what ``make demo`` runs), ``govtune run --variant full --languages de,ru
+--until curated|finetune|reports``, ``govtune experiment configs/reproduce.yaml`` (``make
+reproduce``) and ``govtune status`` (what is materialised, and the checks).
 """
 
 from __future__ import annotations
@@ -66,14 +69,56 @@ def _demo_corpus(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from pipelines.demo import run_demo
 
-    return run_demo()
+    return run_demo(variants=args.variants.split(","))
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Governance for one arm and some languages, then (optionally) the plan's training and
+    reports restricted to that arm."""
+    from assets.partitions import LANGUAGES
+    from pipelines.definitions import defs
+    from pipelines.experiment import ExperimentPlan, run_experiment
+    from pipelines.runner import instance, run_governance
+
+    langs = args.languages.split(",") if args.languages else list(LANGUAGES)
+    unknown = sorted(set(langs) - set(LANGUAGES))
+    if unknown:
+        raise ValueError(f"unknown languages {unknown}; configured: {','.join(LANGUAGES)}")
+    inst = instance()
+    run_governance(defs, inst, [args.variant], langs)
+    if args.until == "curated":
+        return 0
+    plan = ExperimentPlan.load(args.plan)
+    plan.variant, plan.ablation_variants = args.variant, []
+    return run_experiment(plan, inst, until=args.until)
+
+
+def _status(args: argparse.Namespace) -> int:
+    from pipelines.definitions import defs
+    from pipelines.runner import instance, status_rows
+
+    rows = status_rows(defs, instance())
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    widths = {k: max(len(k), *(len(r[k]) for r in rows)) for k in rows[0]}
+    print("  ".join(k.ljust(w) for k, w in widths.items()))
+    for r in rows:
+        print("  ".join(r[k].ljust(w) for k, w in widths.items()))
+    return 0
 
 
 def _experiment(args: argparse.Namespace) -> int:
-    from pipelines.demo import _instance
     from pipelines.experiment import ExperimentPlan, run_experiment
+    from pipelines.runner import instance
 
-    return run_experiment(ExperimentPlan.load(args.config), _instance())
+    return run_experiment(ExperimentPlan.load(args.config), instance())
+
+
+def _variants() -> tuple[str, ...]:
+    from quality_models.pipeline import VARIANTS
+
+    return tuple(VARIANTS)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,7 +138,17 @@ def build_parser() -> argparse.ArgumentParser:
     dc.add_argument("--seed", type=int, default=0)
     dc.set_defaults(func=_demo_corpus)
     demo = sub.add_parser("demo", help="materialise the whole asset graph on the demo data")
+    demo.add_argument("--variants", default="full", help="governance arms for the demo corpus")
     demo.set_defaults(func=_demo)
+    run = sub.add_parser("run", help="materialise one governance arm up to a stage, headless")
+    run.add_argument("--variant", default="full", choices=list(_variants()))
+    run.add_argument("--languages", help="comma-separated (default: every configured language)")
+    run.add_argument("--until", default="curated", choices=["curated", "finetune", "reports"])
+    run.add_argument("--plan", default="configs/demo.yaml", help="training/evaluation settings")
+    run.set_defaults(func=_run)
+    status = sub.add_parser("status", help="what is materialised, and the asset checks")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=_status)
     exp = sub.add_parser(
         "experiment", help="train, score and report an experiment plan (make reproduce)"
     )

@@ -13,6 +13,7 @@ from assets import (
     language_id,
     normalize,
     quality,
+    reports,
     tasks,
     training,
 )
@@ -26,7 +27,7 @@ governance_assets = dg.load_assets_from_modules(
 )
 task_assets = dg.load_assets_from_modules([tasks])
 training_assets = dg.load_assets_from_modules([training])
-evaluation_assets = dg.load_assets_from_modules([evaluation])
+evaluation_assets = dg.load_assets_from_modules([evaluation, reports])
 
 # One job per partitioning, so each can be launched (or backfilled) from the UI.
 per_language_job = dg.define_asset_job(

@@ -15,7 +15,7 @@ import dagster as dg
 import yaml
 
 from assets.partitions import run_key, variant_run_key
-from pipelines.demo import materialize_partitions
+from pipelines.runner import materialize_partitions
 
 
 @dataclass
@@ -103,19 +103,24 @@ def ensure_inputs(defs: dg.Definitions, instance: dg.DagsterInstance, plan: Expe
         )  # fmt: skip
 
 
-def run_experiment(plan: ExperimentPlan, instance: dg.DagsterInstance) -> int:
-    """Train and score every partition of the plan, then materialise the report assets."""
+def run_experiment(
+    plan: ExperimentPlan, instance: dg.DagsterInstance, until: str = "reports"
+) -> int:
+    """Train and score every partition of the plan, then materialise the report assets
+    (``until="finetune"`` stops after training)."""
     from pipelines.definitions import defs
 
     ensure_inputs(defs, instance, plan)
     config = plan.run_config()
     keys = plan.keys()
     print(f"experiment {plan.experiment}: {len(keys)} runs", flush=True)
+    selection = ["finetune"] if until == "finetune" else ["finetune", "model_evaluation"]
     materialize_partitions(
-        defs, instance, ["finetune", "model_evaluation"],
-        [variant_run_key(v, r) for v, r in keys],
-        run_config=_op_config(config, ["finetune", "model_evaluation"]),
+        defs, instance, selection, [variant_run_key(v, r) for v, r in keys],
+        run_config=_op_config(config, selection),
     )  # fmt: skip
+    if until == "finetune":
+        return 0
     materialize_partitions(
         defs, instance, REPORT_ASSETS, [None], run_config=_op_config(config, ["reports"])
     )

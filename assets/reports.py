@@ -1,0 +1,132 @@
+"""The report assets (Tables II–VI and the cost-quality frontier): one computation over every
+scored run of an experiment, six assets with their own Markdown table and plot in the UI, all
+with lineage to ``model_evaluation`` (and through it to the models and governance variants)."""
+
+import base64
+import json
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+
+from .partitions import parse_run_key
+from .resources import GovtuneHome
+
+# asset name -> the table key of evaluation.report.build_report
+REPORT_TABLES = {
+    "table_accuracy_parity": "accuracy_parity",
+    "table_translation_calibration": "translation_calibration",
+    "table_orthographic_robustness": "orthographic_robustness",
+    "table_governance_ablation": "governance_ablation",
+    "table_footprint": "footprint",
+    "figure_cost_quality_frontier": "cost_quality_frontier",
+}
+_EVALUATIONS = dg.AssetDep("model_evaluation", partition_mapping=dg.AllPartitionMapping())
+
+
+class ReportConfig(dg.Config):
+    experiment: str = "demo"
+    variant: str = "full"  # the governance arm the method tables compare on
+    baseline: str = "lora"
+    candidate: str = "hybrid"  # the method the seed claims are about
+    ablation_method: str = "hybrid"
+    confidence: float = 0.95
+    n_boot: int = 1000
+
+
+def load_scored_runs(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Every ``<variant>/<run>.parquet`` under ``folder`` → classification rows, translation
+    rows and footprints, each tagged with variant, run key, method and seed."""
+    cls, mt, foot = [], [], []
+    for path in sorted(folder.glob("*/*.parquet")):
+        variant, run = path.parent.name, path.stem
+        task, method, seed = parse_run_key(run)
+        tags = {"variant": variant, "run_key": run, "method": method, "seed": seed}
+        df = pd.read_parquet(path).assign(**tags)
+        (cls if task == "classification" else mt).append(df)
+        fp = path.with_suffix(".footprint.json")
+        if fp.is_file():
+            foot.append({**json.loads(fp.read_text()), **tags, "task": task})
+    if not cls:
+        raise FileNotFoundError(
+            f"no scored classification run under {folder}: materialise model_evaluation first"
+        )
+    return (
+        pd.concat(cls, ignore_index=True),
+        pd.concat(mt, ignore_index=True) if mt else pd.DataFrame(),
+        pd.DataFrame(foot),
+    )
+
+
+def _image(path: Path) -> dg.MetadataValue:
+    encoded = base64.b64encode(path.read_bytes()).decode()
+    return dg.MetadataValue.md(f"![{path.stem}](data:image/png;base64,{encoded})")
+
+
+@dg.multi_asset(
+    specs=[
+        dg.AssetSpec(name, deps=[_EVALUATIONS], group_name="reports", kinds={"markdown", "csv"})
+        for name in REPORT_TABLES
+    ],
+    can_subset=True,
+)
+def reports(context: dg.AssetExecutionContext, config: ReportConfig, home: GovtuneHome):
+    """Tables II–VI and Figure 2 from every scored run of the experiment, with 95% bootstrap
+    intervals over seeds and examples, paired tests against the baseline, and the verdicts."""
+    from evaluation.report import ReportSettings, build_report, markdown_table
+
+    cls, mt, foot = load_scored_runs(home.path("evaluations", config.experiment))
+    settings = ReportSettings(
+        baseline=config.baseline,
+        candidate=config.candidate,
+        variant=config.variant,
+        ablation_method=config.ablation_method,
+        confidence=config.confidence,
+        n_boot=config.n_boot,
+    )
+    out = home.path("reports", config.experiment)
+    runs = sorted({f"{v}/{r}" for v, r in zip(cls.variant, cls.run_key, strict=True)})
+    runs += sorted(
+        {f"{v}/{r}" for v, r in zip(mt.get("variant", []), mt.get("run_key", []), strict=True)}
+    )
+    report = build_report(
+        cls, mt, foot, settings, out, header={"experiment": config.experiment, "runs": len(runs)}
+    )
+    verdicts = "\n".join(f"- **{v.statement}** ({v.candidate}): {v.label}" for v in report.verdicts)
+    (out / "report.json").write_text(
+        json.dumps(
+            {
+                "experiment": config.experiment,
+                "runs": runs,
+                "verdicts": [
+                    {"claim": v.claim, "candidate": v.candidate, "verdict": v.verdict,
+                     "evidence": v.evidence} for v in report.verdicts
+                ],
+                "governance_gains": report.additivity.status,
+            },
+            indent=2,
+        )
+    )  # fmt: skip
+    for name, key in REPORT_TABLES.items():
+        if name not in context.selected_output_names:
+            continue
+        table = report.tables[key]
+        md, png = out / f"{key}.md", out / f"{key}.png"
+        metadata = {
+            "table" if name.startswith("table") else "figure": dg.MetadataValue.md(
+                markdown_table(table)
+            ),
+            "plot": _image(png),
+            "markdown": dg.MetadataValue.path(str(md)),
+            "csv": dg.MetadataValue.path(str(out / f"{key}.csv")),
+            "png": dg.MetadataValue.path(str(png)),
+            "report": dg.MetadataValue.path(str(out / "report.md")),
+            "runs_scored": len(runs),
+            "dagster/row_count": len(table),
+        }
+        if key == "governance_ablation":
+            metadata["gains_add_up"] = report.additivity.status
+            metadata["additivity"] = report.additivity.sentence
+        if key in ("accuracy_parity", "cost_quality_frontier"):
+            metadata["verdicts"] = dg.MetadataValue.md(verdicts)
+        yield dg.MaterializeResult(asset_key=name, metadata=metadata)

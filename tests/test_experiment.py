@@ -1,0 +1,166 @@
+"""Experiments through Dagster: the (variant x run) grid, reuse of finished runs, the report
+assets and the headless CLI, on the tiny model and synthetic task files (real materialisations,
+real subprocesses through Pipes)."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import dagster as dg
+import pyarrow as pa
+import pytest
+
+from assets.partitions import LANGUAGES, RUN_KEYS, parse_run_key, run_key, variant_run_key
+from assets.reports import REPORT_TABLES
+from assets.resources import GovtuneHome
+from assets.stage_io import GovernanceSettings
+from pipelines.definitions import defs
+from pipelines.experiment import REPORT_ASSETS, ExperimentPlan
+from quality_models.contract import write_parquet_atomic
+from training.data import synthetic_classification_records, synthetic_translation_records
+
+ROOT = Path(__file__).resolve().parents[1]
+warnings.filterwarnings("ignore", category=dg.BetaWarning)
+
+
+def test_run_keys_round_trip_and_reject_junk():
+    for key in RUN_KEYS:
+        task, method, seed = parse_run_key(key)
+        assert run_key(method, seed, task) == key
+    assert parse_run_key("mt-lora_ga-s2") == ("translation", "lora_ga", 2)
+    for bad in ("lora", "sgd-s0", "lora-sx", "mt-"):
+        with pytest.raises(ValueError, match="not a run key"):
+            parse_run_key(bad)
+
+
+def test_plans_load_and_order_partial_results_first(tmp_path):
+    plan = ExperimentPlan.load(ROOT / "configs" / "reproduce.yaml")
+    keys = plan.keys()
+    methods = ["lora", "lora_ga", "boft", "oft", "hybrid", "hybrid_unitary"]
+    assert keys[:6] == [("full", f"{m}-s0") for m in methods]  # every method at seed 0 first
+    assert len({k for k in keys if not k[1].startswith("mt-") and k[0] == "full"}) == 18
+    assert {v for v, _ in keys} == {"full", "no_lid", "no_dedup", "no_quality", "none",
+                                    "rehydrate"}  # fmt: skip
+    assert len(keys) == len(set(keys))
+    demo = ExperimentPlan.load(ROOT / "configs" / "demo.yaml")
+    cfg = demo.run_config()["ops"]
+    assert cfg["finetune"]["config"]["experiment"] == "demo"
+    assert cfg["model_evaluation"]["config"]["translation_langs"] == ["de"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("experiment: x\nmethod: [lora]\n")
+    with pytest.raises(ValueError, match="unknown keys"):
+        ExperimentPlan.load(bad)
+    with pytest.raises(FileNotFoundError):
+        ExperimentPlan.load(tmp_path / "missing.yaml")
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory) -> GovtuneHome:
+    """Synthetic task files where the task assets would write theirs."""
+    home = GovtuneHome(root=str(tmp_path_factory.mktemp("experiment_home")))
+    cls = synthetic_classification_records(n_per_class=12)
+    write_parquet_atomic(pa.Table.from_pylist(cls), home.path("tasks", "classification.parquet"))
+    train = pa.Table.from_pylist([r for r in cls if r["split"] == "train"])
+    for variant in ("full", "none"):
+        write_parquet_atomic(train, home.path("tasks", "train", f"{variant}.parquet"))
+    mt = synthetic_translation_records(n=48)
+    for i, r in enumerate(mt):
+        r["split"] = "devtest" if i % 3 == 0 else r["split"]
+    write_parquet_atomic(pa.Table.from_pylist(mt), home.path("tasks", "translation.parquet"))
+    return home
+
+
+def _materialize(home, instance, selection, key=None, config=None):
+    return dg.materialize(
+        assets=list(defs.assets),
+        selection=selection,
+        partition_key=str(key) if key is not None else None,
+        resources={**defs.resources, "home": home, "governance": GovernanceSettings()},
+        instance=instance,
+        run_config=config or {},
+        raise_on_error=True,
+    )
+
+
+PLAN = {
+    "experiment": "t",
+    "finetune": {"model": "tiny", "steps": 3, "batch_size": 8, "lr": 0.01,
+                 "train_langs": ["en", "de", "fr"], "eval_max_examples": 8},
+    "evaluation": {"test_per_lang": 4, "dev_per_lang": 4, "robustness_items": 3,
+                   "robustness_perturbations": ["case", "diacritics"],
+                   "translation_per_direction": 4, "max_new_tokens": 4},
+}  # fmt: skip
+
+
+def test_experiment_grid_reuse_and_reports(home):
+    plan = ExperimentPlan(**PLAN)
+    config = {"ops": {k: v for k, v in plan.run_config()["ops"].items() if k != "reports"}}
+    instance = dg.DagsterInstance.ephemeral()
+    keys = [("full", "lora-s0"), ("full", "hybrid-s0"), ("none", "hybrid-s0"),
+            ("full", "mt-lora-s0")]  # fmt: skip
+    for variant, run in keys:
+        res = _materialize(home, instance, ["finetune", "model_evaluation"],
+                           variant_run_key(variant, run), config)  # fmt: skip
+        mats = {m.asset_key.to_user_string(): m.materialization.metadata
+                for m in res.get_asset_materialization_events()}  # fmt: skip
+        assert mats["finetune"]["reused"].value is False
+        assert mats["model_evaluation"]["method"].value == parse_run_key(run)[1]
+    # the same partition again: the finished run and its predictions are reused, not redone
+    again = _materialize(home, instance, ["finetune", "model_evaluation"],
+                         variant_run_key("full", "lora-s0"), config)  # fmt: skip
+    meta = {m.asset_key.to_user_string(): m.materialization.metadata
+            for m in again.get_asset_materialization_events()}  # fmt: skip
+    assert meta["finetune"]["reused"].value is True
+    assert meta["model_evaluation"]["reused"].value is True
+    preds = home.path("evaluations", "t", "full")
+    assert sorted(p.name for p in preds.glob("*.parquet")) == [
+        "hybrid-s0.parquet", "lora-s0.parquet", "mt-lora-s0.parquet"]  # fmt: skip
+
+    res = _materialize(home, instance, REPORT_ASSETS, config={"ops": {
+        "reports": {"config": {"experiment": "t", "n_boot": 200}}}})  # fmt: skip
+    mats = {m.asset_key.to_user_string(): m.materialization.metadata
+            for m in res.get_asset_materialization_events()}  # fmt: skip
+    assert set(mats) == set(REPORT_ASSETS)
+    out = home.path("reports", "t")
+    for name, key in REPORT_TABLES.items():
+        assert "table" in mats[name] or "figure" in mats[name]
+        assert mats[name]["plot"].value.startswith("![")  # the PNG shown in the UI
+        for suffix in (".md", ".csv", ".png"):
+            assert (out / f"{key}{suffix}").is_file(), f"{key}{suffix} missing"
+    report = (out / "report.md").read_text()
+    assert "Verdict" in report or "verdict" in report
+    ablation = (out / "governance_ablation.md").read_text()
+    assert "none" in ablation and "full" in ablation
+    # lineage: every report asset reads the per-run predictions
+    graph = defs.resolve_asset_graph()
+    for name in REPORT_ASSETS:
+        assert dg.AssetKey("model_evaluation") in graph.get(dg.AssetKey(name)).parent_keys
+    summary = json.loads((out / "report.json").read_text())
+    assert summary["experiment"] == "t"
+
+
+def _govtune(tmp_path, *args):
+    import os
+    import subprocess
+    import sys
+
+    dagster_home = tmp_path / "dagster"
+    dagster_home.mkdir(exist_ok=True)
+    env = {**os.environ, "DAGSTER_HOME": str(dagster_home), "GOVTUNE_HOME": str(tmp_path)}
+    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+
+
+def test_cli_status_and_bad_run_requests(tmp_path):
+    status = _govtune(tmp_path, "status", "--json")
+    assert status.returncode == 0, status.stderr
+    rows = {r["asset"]: r for r in json.loads(status.stdout)}
+    assert set(REPORT_ASSETS) | {"curated", "finetune", "model_evaluation"} <= set(rows)
+    assert rows["curated"]["materialised"] == f"0/{6 * len(LANGUAGES)}"
+    bad = _govtune(tmp_path, "run", "--languages", "de,xx")
+    assert bad.returncode == 2
+    assert "unknown languages ['xx']" in bad.stderr
+    bad = _govtune(tmp_path, "run", "--variant", "nope")
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr
