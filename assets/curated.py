@@ -13,11 +13,13 @@ from quality_models.contract import (
 from .partitions import variant_and_lang, variant_language_partitions
 from .quality import quality_scored
 from .resources import GovtuneHome
+from .stage_io import REFRESH_CONDITION, data_version
 
 
 @dg.asset(
     group_name="governance",
     code_version="1",
+    automation_condition=REFRESH_CONDITION,
     deps=[quality_scored],
     partitions_def=variant_language_partitions,
     kinds={"parquet", "huggingface"},
@@ -52,11 +54,12 @@ def curated(context: dg.AssetExecutionContext, home: GovtuneHome) -> dg.Material
     for b in table.column("quality_bucket").to_pylist():
         buckets[str(b)] = buckets.get(str(b), 0) + 1
     return dg.MaterializeResult(
+        data_version=data_version(path, path.with_suffix(".md")),
         metadata={
             "documents": table.num_rows,
             "dagster/row_count": table.num_rows,
             "path": dg.MetadataValue.path(str(path)),
             "quality_buckets": dg.MetadataValue.json(buckets),
             "card": dg.MetadataValue.md(card),
-        }
+        },
     )

@@ -8,7 +8,9 @@ from .language_id import language_id
 from .partitions import variant_and_lang, variant_language_partitions
 from .resources import GovtuneHome
 from .stage_io import (
+    REFRESH_CONDITION,
     GovernanceSettings,
+    data_version,
     ledger_check,
     ledger_check_spec,
     read_rows,
@@ -20,6 +22,7 @@ from .stage_io import (
 @dg.asset(
     group_name="governance",
     code_version="1",
+    automation_condition=REFRESH_CONDITION,
     deps=[language_id],
     partitions_def=variant_language_partitions,
     kinds={"datasketch", "parquet"},
@@ -34,5 +37,8 @@ def deduplicated(context: dg.AssetExecutionContext, home: GovtuneHome,
     kept_path = home.stage_file(variant, "deduplicated", lang)
     ledger_path = home.ledger_file(variant, "dedup", lang)
     write_stage(result, kept_path, ledger_path)
-    yield dg.MaterializeResult(metadata=stage_metadata(result, kept_path))
+    yield dg.MaterializeResult(
+        data_version=data_version(kept_path, ledger_path),
+        metadata=stage_metadata(result, kept_path),
+    )
     yield ledger_check(table.num_rows, kept_path, ledger_path)

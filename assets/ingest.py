@@ -15,6 +15,7 @@ from quality_models.sources import ingest_sources
 from .resources import GovtuneHome
 from .stage_io import (
     GovernanceSettings,
+    data_version,
     ledger_check,
     ledger_check_spec,
     stage_metadata,
@@ -71,9 +72,12 @@ def raw_documents(
     ledger_path = home.ledger_file("all", "ingest", source)
     write_stage(result, kept_path, ledger_path)
     yield dg.MaterializeResult(
+        data_version=data_version(kept_path, ledger_path),
         metadata=stage_metadata(
-            result, kept_path, sources=result.metadata["sources"],
+            result,
+            kept_path,
+            sources=result.metadata["sources"],
             quarantined=reason_counts(result.rejected),
-        )  # fmt: skip
+        ),  # fmt: skip
     )
     yield ledger_check(result.n_in, kept_path, ledger_path)

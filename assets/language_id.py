@@ -8,7 +8,9 @@ from .normalize import normalized
 from .partitions import variant_partitions
 from .resources import GovtuneHome
 from .stage_io import (
+    REFRESH_CONDITION,
     GovernanceSettings,
+    data_version,
     ledger_check,
     ledger_check_spec,
     read_rows,
@@ -20,6 +22,7 @@ from .stage_io import (
 @dg.asset(
     group_name="governance",
     code_version="1",
+    automation_condition=REFRESH_CONDITION,
     deps=[normalized],
     partitions_def=variant_partitions,
     kinds={"fasttext", "parquet"},
@@ -35,5 +38,8 @@ def language_id(context: dg.AssetExecutionContext, home: GovtuneHome,
     kept_path = home.stage_file(variant, "language_id", "all")
     ledger_path = home.ledger_file(variant, "language_id", "all")
     write_stage(result, kept_path, ledger_path)
-    yield dg.MaterializeResult(metadata=stage_metadata(result, kept_path))
+    yield dg.MaterializeResult(
+        data_version=data_version(kept_path, ledger_path),
+        metadata=stage_metadata(result, kept_path),
+    )
     yield ledger_check(table.num_rows, kept_path, ledger_path)

@@ -8,7 +8,9 @@ from quality_models.normalize import normalize_stage
 from .ingest import raw_documents
 from .resources import GovtuneHome
 from .stage_io import (
+    REFRESH_CONDITION,
     GovernanceSettings,
+    data_version,
     ledger_check,
     ledger_check_spec,
     read_rows,
@@ -20,6 +22,7 @@ from .stage_io import (
 @dg.asset(
     group_name="governance",
     code_version="1",
+    automation_condition=REFRESH_CONDITION,
     deps=[raw_documents],
     kinds={"parquet"},
     check_specs=[ledger_check_spec("normalized")],
@@ -36,6 +39,7 @@ def normalized(home: GovtuneHome, governance: GovernanceSettings):
     ledger_path = home.ledger_file("all", "normalize", "all")
     write_stage(result, kept_path, ledger_path)
     yield dg.MaterializeResult(
-        metadata=stage_metadata(result, kept_path, sources=[f.stem for f in files])
+        data_version=data_version(kept_path, ledger_path),
+        metadata=stage_metadata(result, kept_path, sources=[f.stem for f in files]),
     )
     yield ledger_check(table.num_rows, kept_path, ledger_path)

@@ -11,7 +11,9 @@ from .kenlm import kenlm_models, model_for
 from .partitions import variant_and_lang, variant_language_partitions
 from .resources import GovtuneHome
 from .stage_io import (
+    REFRESH_CONDITION,
     GovernanceSettings,
+    data_version,
     ledger_check,
     ledger_check_spec,
     read_rows,
@@ -23,6 +25,7 @@ from .stage_io import (
 @dg.asset(
     group_name="governance",
     code_version="1",
+    automation_condition=REFRESH_CONDITION,
     deps=[deduplicated, kenlm_models],
     partitions_def=variant_language_partitions,
     kinds={"kenlm", "parquet"},
@@ -47,6 +50,7 @@ def quality_scored(context: dg.AssetExecutionContext, home: GovtuneHome,
     ledger_path = home.ledger_file(variant, "quality", lang)
     write_stage(combined, kept_path, ledger_path)
     yield dg.MaterializeResult(
-        metadata=stage_metadata(combined, kept_path, kenlm_model=model or "none")
+        data_version=data_version(kept_path, ledger_path),
+        metadata=stage_metadata(combined, kept_path, kenlm_model=model or "none"),
     )
     yield ledger_check(table.num_rows, kept_path, ledger_path)

@@ -2,6 +2,7 @@
 write kept rows and ledger rows atomically, report metadata, and check the ledger invariant
 (``input = kept + rejected``) from the files on disk as a blocking asset check."""
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,16 @@ from quality_models.contract import StageResult, read_parquet, reason_counts, wr
 from quality_models.pipeline import variant_config
 
 LEDGER_CHECK = "ledger_balances"
+
+# What a scheduled refresh re-materialises downstream: every partition that exists and whose
+# inputs now carry another data version. A refresh that re-ingests unchanged data changes no
+# data version, so nothing downstream is recomputed; the UI marks stale what did change.
+REFRESH_CONDITION = (
+    ~dg.AutomationCondition.missing()
+    & dg.AutomationCondition.any_deps_match(dg.AutomationCondition.data_version_changed())
+    & ~dg.AutomationCondition.any_deps_in_progress()
+    & ~dg.AutomationCondition.in_progress()
+).with_label("inputs_changed")
 
 
 class GovernanceSettings(dg.ConfigurableResource):
@@ -44,6 +55,14 @@ def read_rows(path: Path, lang: str | None = None) -> pa.Table:
 def write_stage(result: StageResult, kept_path: Path, ledger_path: Path) -> None:
     write_parquet_atomic(result.kept, kept_path)
     write_parquet_atomic(result.rejected, ledger_path)
+
+
+def data_version(*paths: Path) -> dg.DataVersion:
+    """The content hash of a stage's output files (our Parquet writes are byte-reproducible)."""
+    digest = hashlib.sha1()
+    for path in paths:
+        digest.update(path.read_bytes())
+    return dg.DataVersion(digest.hexdigest()[:16])
 
 
 def ledger_check(input_rows: int, kept_path: Path, ledger_path: Path) -> dg.AssetCheckResult:

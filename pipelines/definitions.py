@@ -20,7 +20,7 @@ from assets import (
 from assets.resources import GovtuneHome
 from assets.stage_io import GovernanceSettings
 from pipelines.schedules import refresh_job, refresh_schedule
-from pipelines.sensors import inbox_sensor
+from pipelines.sensors import governance_refresh_sensor, inbox_sensor
 
 governance_assets = dg.load_assets_from_modules(
     [ingest, normalize, language_id, dedup, kenlm, quality, curated]
@@ -40,7 +40,7 @@ defs = dg.Definitions(
     assets=[*governance_assets, *task_assets, *training_assets, *evaluation_assets],
     jobs=[per_language_job, refresh_job],
     schedules=[refresh_schedule],
-    sensors=[inbox_sensor],
+    sensors=[inbox_sensor, governance_refresh_sensor],
     resources={
         "home": GovtuneHome(),
         "governance": GovernanceSettings(),

@@ -49,3 +49,13 @@ def inbox_sensor(context: dg.SensorEvaluationContext, home: GovtuneHome) -> dg.S
         else [],
         cursor=json.dumps(seen, sort_keys=True),
     )
+
+
+# Re-materialises, after a refresh, each existing governance partition whose inputs changed
+# (assets.stage_io.REFRESH_CONDITION); stopped by default, like the refresh schedule.
+governance_refresh_sensor = dg.AutomationConditionSensorDefinition(
+    "governance_refresh",
+    target=dg.AssetSelection.groups("governance"),
+    default_status=dg.DefaultSensorStatus.STOPPED,
+    minimum_interval_seconds=60,
+)
