@@ -51,8 +51,9 @@ test: setup
 	$(BIN)/pytest -q
 
 ui: setup
-	# a new session and default signal handlers, so SIGTERM/SIGINT stop the whole tree
-	exec env --default-signal=INT,TERM setsid --wait $(BIN)/dagster dev -h 127.0.0.1 -p $${PORT:-3000} -m pipelines.definitions
+	# default signal handlers (a parent may have set them to ignore), so Ctrl-C, SIGTERM to make
+	# or SIGTERM to the process group stop dagster dev and every process it started
+	exec env --default-signal=INT,TERM $(BIN)/dagster dev -h 127.0.0.1 -p $${PORT:-3000} -m pipelines.definitions
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -23,8 +23,16 @@ from .stage_io import REFRESH_CONDITION, data_version
     deps=[quality_scored],
     partitions_def=variant_language_partitions,
     kinds={"parquet", "huggingface"},
+    check_specs=[
+        dg.AssetCheckSpec(
+            "matches_quality_scored",
+            asset="curated",
+            blocking=True,
+            description="the curated file holds exactly the rows quality_scored kept (on disk)",
+        )
+    ],
 )
-def curated(context: dg.AssetExecutionContext, home: GovtuneHome) -> dg.MaterializeResult:
+def curated(context: dg.AssetExecutionContext, home: GovtuneHome):
     """``curated/<variant>/<lang>.parquet`` plus ``<lang>.md``: counts, settings, rejections."""
     variant, lang = variant_and_lang(context)
     table = read_parquet(home.stage_file(variant, "quality_scored", lang))
@@ -53,7 +61,7 @@ def curated(context: dg.AssetExecutionContext, home: GovtuneHome) -> dg.Material
     buckets: dict[str, int] = {}
     for b in table.column("quality_bucket").to_pylist():
         buckets[str(b)] = buckets.get(str(b), 0) + 1
-    return dg.MaterializeResult(
+    yield dg.MaterializeResult(
         data_version=data_version(path, path.with_suffix(".md")),
         metadata={
             "documents": table.num_rows,
@@ -62,4 +70,11 @@ def curated(context: dg.AssetExecutionContext, home: GovtuneHome) -> dg.Material
             "quality_buckets": dg.MetadataValue.json(buckets),
             "card": dg.MetadataValue.md(card),
         },
+    )
+    kept = read_parquet(home.stage_file(variant, "quality_scored", lang)).num_rows
+    written = read_parquet(path).num_rows
+    yield dg.AssetCheckResult(
+        check_name="matches_quality_scored",
+        passed=kept == written,
+        metadata={"quality_scored_kept": kept, "curated_rows": written},
     )

@@ -36,9 +36,18 @@ per_language_job = dg.define_asset_job(
     description="dedup -> quality -> curated for one (variant, language) partition",
 )
 
+# Training and scoring launched through this job carry the run tag that dagster.yaml's run queue
+# limits to one run at a time (op tags do not become run tags).
+training_job = dg.define_asset_job(
+    "train_and_score",
+    selection=dg.AssetSelection.assets("finetune", "model_evaluation"),
+    tags={"govtune/stage": "training"},
+    description="finetune -> model_evaluation for one (variant, run) partition; one at a time",
+)
+
 defs = dg.Definitions(
     assets=[*governance_assets, *task_assets, *training_assets, *evaluation_assets],
-    jobs=[per_language_job, refresh_job],
+    jobs=[per_language_job, training_job, refresh_job],
     schedules=[refresh_schedule],
     sensors=[inbox_sensor, governance_refresh_sensor],
     resources={

@@ -55,7 +55,7 @@ def test_materialise_governance_for_two_languages(home, instance):
         key = str(multi_key("full", lang))
         res = _run(home, instance, ["deduplicated", "quality_scored", "curated"], key)
         evaluations = res.get_asset_check_evaluations()
-        assert len(evaluations) == 2 and all(c.passed for c in evaluations)
+        assert len(evaluations) == 3 and all(c.passed for c in evaluations)
         mats = {m.asset_key.to_user_string(): m for m in res.get_asset_materialization_events()}
         meta = mats["deduplicated"].materialization.metadata
         assert meta["effective_threshold"].value == pytest.approx(0.7187, abs=1e-3)
