@@ -705,7 +705,7 @@ def figure_robustness(table: pd.DataFrame, path: str | os.PathLike[str]) -> Path
     perts = sorted(table["perturbation"].unique())
     ncols = min(3, len(perts))
     nrows = math.ceil(len(perts) / ncols)
-    fig = Figure(figsize=(4.2 * ncols, 3.3 * nrows))
+    fig = Figure(figsize=(4.2 * ncols, 3.3 * nrows), layout="constrained")
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False).ravel())
     methods = _ordered(table["method"].unique(), METHOD_ORDER)
     for ax, name in zip(axes, perts, strict=False):
