@@ -8,25 +8,18 @@ from .language_id import language_id
 from .partitions import variant_and_lang, variant_language_partitions
 from .resources import GovtuneHome
 from .stage_io import (
-    REFRESH_CONDITION,
     GovernanceSettings,
-    data_version,
-    ledger_check,
-    ledger_check_spec,
+    finish_stage,
+    governance_stage,
     read_rows,
-    stage_metadata,
-    write_stage,
 )
 
 
-@dg.asset(
-    group_name="governance",
-    code_version="1",
-    automation_condition=REFRESH_CONDITION,
+@governance_stage(
+    "deduplicated",
     deps=[language_id],
-    partitions_def=variant_language_partitions,
     kinds={"datasketch", "parquet"},
-    check_specs=[ledger_check_spec("deduplicated")],
+    partitions_def=variant_language_partitions,
 )
 def deduplicated(context: dg.AssetExecutionContext, home: GovtuneHome,
                  governance: GovernanceSettings):  # fmt: skip
@@ -36,9 +29,4 @@ def deduplicated(context: dg.AssetExecutionContext, home: GovtuneHome,
     result = dedup_or_skip(table, governance.load(variant), lang, variant)
     kept_path = home.stage_file(variant, "deduplicated", lang)
     ledger_path = home.ledger_file(variant, "dedup", lang)
-    write_stage(result, kept_path, ledger_path)
-    yield dg.MaterializeResult(
-        data_version=data_version(kept_path, ledger_path),
-        metadata=stage_metadata(result, kept_path),
-    )
-    yield ledger_check(table.num_rows, kept_path, ledger_path)
+    yield from finish_stage(result, table.num_rows, kept_path, ledger_path)

@@ -15,11 +15,8 @@ from quality_models.sources import ingest_sources
 from .resources import GovtuneHome
 from .stage_io import (
     GovernanceSettings,
-    data_version,
-    ledger_check,
-    ledger_check_spec,
-    stage_metadata,
-    write_stage,
+    finish_stage,
+    governance_stage,
 )
 
 DEMO_SOURCE = "demo"
@@ -54,13 +51,12 @@ def source_input(home: GovtuneHome, source: str) -> str:
     return str(home.path("inbox", source))
 
 
-@dg.asset(
-    group_name="governance",
-    code_version="1",
+@governance_stage(
+    "raw_documents",
     deps=[demo_corpus],
-    partitions_def=source_partitions,
     kinds={"parquet"},
-    check_specs=[ledger_check_spec("raw_documents")],
+    partitions_def=source_partitions,
+    refresh=False,
 )
 def raw_documents(
     context: dg.AssetExecutionContext, home: GovtuneHome, governance: GovernanceSettings
@@ -70,14 +66,11 @@ def raw_documents(
     result = ingest_sources([source_input(home, source)], governance.load().ingest)
     kept_path = home.stage_file("all", "raw_documents", source)
     ledger_path = home.ledger_file("all", "ingest", source)
-    write_stage(result, kept_path, ledger_path)
-    yield dg.MaterializeResult(
-        data_version=data_version(kept_path, ledger_path),
-        metadata=stage_metadata(
-            result,
-            kept_path,
-            sources=result.metadata["sources"],
-            quarantined=reason_counts(result.rejected),
-        ),  # fmt: skip
+    yield from finish_stage(
+        result,
+        result.n_in,
+        kept_path,
+        ledger_path,
+        sources=result.metadata["sources"],
+        quarantined=reason_counts(result.rejected),
     )
-    yield ledger_check(result.n_in, kept_path, ledger_path)

@@ -8,25 +8,18 @@ from .normalize import normalized
 from .partitions import variant_partitions
 from .resources import GovtuneHome
 from .stage_io import (
-    REFRESH_CONDITION,
     GovernanceSettings,
-    data_version,
-    ledger_check,
-    ledger_check_spec,
+    finish_stage,
+    governance_stage,
     read_rows,
-    stage_metadata,
-    write_stage,
 )
 
 
-@dg.asset(
-    group_name="governance",
-    code_version="1",
-    automation_condition=REFRESH_CONDITION,
+@governance_stage(
+    "language_id",
     deps=[normalized],
-    partitions_def=variant_partitions,
     kinds={"fasttext", "parquet"},
-    check_specs=[ledger_check_spec("language_id")],
+    partitions_def=variant_partitions,
 )
 def language_id(context: dg.AssetExecutionContext, home: GovtuneHome,
                 governance: GovernanceSettings):  # fmt: skip
@@ -37,9 +30,4 @@ def language_id(context: dg.AssetExecutionContext, home: GovtuneHome,
     result = language_id_stage(table, governance.load(variant))
     kept_path = home.stage_file(variant, "language_id", "all")
     ledger_path = home.ledger_file(variant, "language_id", "all")
-    write_stage(result, kept_path, ledger_path)
-    yield dg.MaterializeResult(
-        data_version=data_version(kept_path, ledger_path),
-        metadata=stage_metadata(result, kept_path),
-    )
-    yield ledger_check(table.num_rows, kept_path, ledger_path)
+    yield from finish_stage(result, table.num_rows, kept_path, ledger_path)

@@ -8,25 +8,14 @@ from quality_models.normalize import normalize_stage
 from .ingest import raw_documents
 from .resources import GovtuneHome
 from .stage_io import (
-    REFRESH_CONDITION,
     GovernanceSettings,
-    data_version,
-    ledger_check,
-    ledger_check_spec,
+    finish_stage,
+    governance_stage,
     read_rows,
-    stage_metadata,
-    write_stage,
 )
 
 
-@dg.asset(
-    group_name="governance",
-    code_version="1",
-    automation_condition=REFRESH_CONDITION,
-    deps=[raw_documents],
-    kinds={"parquet"},
-    check_specs=[ledger_check_spec("normalized")],
-)
+@governance_stage("normalized", deps=[raw_documents], kinds={"parquet"})
 def normalized(home: GovtuneHome, governance: GovernanceSettings):
     """Documents in Unicode NFC without control characters; what changed is counted. Reads every
     ingested source (sorted by name, so the order is stable)."""
@@ -37,9 +26,6 @@ def normalized(home: GovtuneHome, governance: GovernanceSettings):
     result = normalize_stage(table, governance.load().normalize)
     kept_path = home.stage_file("all", "normalized", "all")
     ledger_path = home.ledger_file("all", "normalize", "all")
-    write_stage(result, kept_path, ledger_path)
-    yield dg.MaterializeResult(
-        data_version=data_version(kept_path, ledger_path),
-        metadata=stage_metadata(result, kept_path, sources=[f.stem for f in files]),
+    yield from finish_stage(
+        result, table.num_rows, kept_path, ledger_path, sources=[f.stem for f in files]
     )
-    yield ledger_check(table.num_rows, kept_path, ledger_path)

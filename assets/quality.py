@@ -11,25 +11,18 @@ from .kenlm import kenlm_models, model_for
 from .partitions import variant_and_lang, variant_language_partitions
 from .resources import GovtuneHome
 from .stage_io import (
-    REFRESH_CONDITION,
     GovernanceSettings,
-    data_version,
-    ledger_check,
-    ledger_check_spec,
+    finish_stage,
+    governance_stage,
     read_rows,
-    stage_metadata,
-    write_stage,
 )
 
 
-@dg.asset(
-    group_name="governance",
-    code_version="1",
-    automation_condition=REFRESH_CONDITION,
+@governance_stage(
+    "quality_scored",
     deps=[deduplicated, kenlm_models],
-    partitions_def=variant_language_partitions,
     kinds={"kenlm", "parquet"},
-    check_specs=[ledger_check_spec("quality_scored")],
+    partitions_def=variant_language_partitions,
 )
 def quality_scored(context: dg.AssetExecutionContext, home: GovtuneHome,
                    governance: GovernanceSettings):  # fmt: skip
@@ -48,9 +41,6 @@ def quality_scored(context: dg.AssetExecutionContext, home: GovtuneHome,
     )
     kept_path = home.stage_file(variant, "quality_scored", lang)
     ledger_path = home.ledger_file(variant, "quality", lang)
-    write_stage(combined, kept_path, ledger_path)
-    yield dg.MaterializeResult(
-        data_version=data_version(kept_path, ledger_path),
-        metadata=stage_metadata(combined, kept_path, kenlm_model=model or "none"),
+    yield from finish_stage(
+        combined, table.num_rows, kept_path, ledger_path, kenlm_model=model or "none"
     )
-    yield ledger_check(table.num_rows, kept_path, ledger_path)

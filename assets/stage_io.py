@@ -3,6 +3,7 @@ write kept rows and ledger rows atomically, report metadata, and check the ledge
 (``input = kept + rejected``) from the files on disk as a blocking asset check."""
 
 import hashlib
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,9 +53,44 @@ def read_rows(path: Path, lang: str | None = None) -> pa.Table:
     return table
 
 
+def governance_stage(
+    name: str,
+    deps: Sequence[Any],
+    kinds: set[str],
+    partitions_def: dg.PartitionsDefinition | None = None,
+    refresh: bool = True,
+) -> Callable:
+    """The decorator every governance stage shares: its group and code version, the refresh
+    condition (not on ingest, which the schedule and the inbox sensor drive) and the blocking
+    ledger check."""
+    return dg.asset(
+        name=name,
+        group_name="governance",
+        code_version="1",
+        automation_condition=REFRESH_CONDITION if refresh else None,
+        deps=deps,
+        partitions_def=partitions_def,
+        kinds=kinds,
+        check_specs=[ledger_check_spec(name)],
+    )
+
+
 def write_stage(result: StageResult, kept_path: Path, ledger_path: Path) -> None:
     write_parquet_atomic(result.kept, kept_path)
     write_parquet_atomic(result.rejected, ledger_path)
+
+
+def finish_stage(
+    result: StageResult, input_rows: int, kept_path: Path, ledger_path: Path, **extra: Any
+) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
+    """Write kept and ledger rows, then yield the materialisation (content-hash data version,
+    metadata) and the ledger check counted from the files on disk."""
+    write_stage(result, kept_path, ledger_path)
+    yield dg.MaterializeResult(
+        data_version=data_version(kept_path, ledger_path),
+        metadata=stage_metadata(result, kept_path, **extra),
+    )
+    yield ledger_check(input_rows, kept_path, ledger_path)
 
 
 def data_version(*paths: Path) -> dg.DataVersion:
