@@ -48,7 +48,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         pipes = None
         if PIPES_ENV in os.environ:
             from dagster_pipes import open_dagster_pipes  # the dagster-free Pipes package
+            from transformers.utils import logging as hf_logging
 
+            hf_logging.disable_progress_bar()  # its bars would fill the run's log in the UI
             pipes = stack.enter_context(open_dagster_pipes())
         extra = dict(pipes.extras.get("eval_config") or {}) if pipes is not None else {}
         try:

@@ -151,7 +151,9 @@ def _pipes() -> Iterator[Any]:
         yield None
         return
     from dagster_pipes import open_dagster_pipes  # dagster-free package, imported only here
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # its bars would fill the run's log in the Dagster UI
     with open_dagster_pipes() as pipes:
         yield pipes
 
