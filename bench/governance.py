@@ -143,13 +143,9 @@ def main() -> None:
     big = lid.kept.column("text").to_pylist()
     t_ds = best_of(1, lambda: datasketch_loop(big, config.dedup))
     ds_rate = row("datasketch per-document loop (baseline)", len(big), t_ds)
-    t_ours = best_of(
-        args.repeat, lambda: dedup_by_language(lid.kept, config.dedup, workers=1)
-    )
+    t_ours = best_of(args.repeat, lambda: dedup_by_language(lid.kept, config.dedup, workers=1))
     row("dedup stage, 1 process", len(big), t_ours, ds_rate, "target >= 2x datasketch loop")
-    t_pool = best_of(
-        args.repeat, lambda: dedup_by_language(lid.kept, config.dedup, workers=2)
-    )
+    t_pool = best_of(args.repeat, lambda: dedup_by_language(lid.kept, config.dedup, workers=2))
     row("dedup stage, 2 processes", len(big), t_pool, ds_rate, "pool start-up included")
     t_q = best_of(args.repeat, lambda: quality_stage(lid.kept, config))
     row("quality rules", lid.kept.num_rows, t_q)

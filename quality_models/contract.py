@@ -53,6 +53,7 @@ REJECTED_SCHEMA = pa.schema(
     ]
 )
 
+
 def make_doc_id(source_uri: str, position: int | str) -> str:
     """Stable id from where a record came from, never from its text (DESIGN §2)."""
     return hashlib.sha1(f"{source_uri}#{position}".encode()).hexdigest()[:20]

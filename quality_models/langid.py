@@ -162,9 +162,14 @@ def language_id_stage(table: pa.Table, config: GovernanceConfig) -> StageResult:
     if lid.enabled:
         langs = predicted
         out_of_scope = np.fromiter((p not in in_scope for p in predicted), bool, len(texts))
-        mismatch = np.fromiter(
-            (bool(d) and d != p for d, p in zip(declared, predicted, strict=True)), bool, len(texts)
-        ) & ~out_of_scope
+        mismatch = (
+            np.fromiter(
+                (bool(d) and d != p for d, p in zip(declared, predicted, strict=True)),
+                bool,
+                len(texts),
+            )
+            & ~out_of_scope
+        )
         cut = np.fromiter((thresholds[p] for p in predicted), np.float32, len(texts))
         low = (scores < cut) & ~out_of_scope & ~mismatch
     else:  # no_lid: the declared language routes; the prediction only fills gaps, no filtering
