@@ -177,14 +177,6 @@ def predict_classification(
     return pa.table(columns, schema=CLASSIFICATION_SCHEMA)
 
 
-def _translation_prompt(tokenizer: Any, rec: Mapping[str, Any], template: str) -> list[int]:
-    prefix, suffix = template.split("{source}", 1)
-    fields = {"src_lang": rec["src_lang"], "tgt_lang": rec["tgt_lang"]}
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    text = prefix.format(**fields) + str(rec["source"]) + suffix.format(**fields)
-    return bos + list(tokenizer.encode(text, add_special_tokens=False))
-
-
 def generate_translations(
     model: Any,
     tokenizer: Any,
@@ -195,18 +187,19 @@ def generate_translations(
     max_new_tokens: int = 32,
     progress: bool = False,
 ) -> list[str]:
-    """Greedy decoding, batched with left padding; the first line of the output is the answer
-    (the training target is one line, and a model may go on with another "xx:" turn)."""
+    """Greedy decoding, batched with left padding, of the prompt the model was trained on (the
+    source cut to fit ``max_length``); the first line of the output is the answer (the
+    training target is one line, and a model may go on with another "xx:" turn)."""
     import torch
+
+    from training.data import translation_prompt
 
     model.eval()
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     out: list[str] = []
     for i in tqdm(range(0, len(records), batch_size), desc="translating", disable=not progress):
-        prompts = [
-            _translation_prompt(tokenizer, r, template)[-max_length:]
-            for r in records[i : i + batch_size]
-        ]
+        batch = records[i : i + batch_size]
+        prompts = [translation_prompt(tokenizer, r, template, max_length) for r in batch]
         n = max(len(p) for p in prompts)
         ids = torch.full((len(prompts), n), pad, dtype=torch.long)
         mask = torch.zeros_like(ids)

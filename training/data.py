@@ -203,6 +203,23 @@ def encode_classification(
     return out
 
 
+def translation_prompt(
+    tokenizer: Any, rec: Mapping[str, Any], template: str, max_length: int
+) -> list[int]:
+    """BOS, the template's prefix, the source cut to fit ``max_length`` tokens, and the suffix,
+    each encoded on its own: the prompt a translation model is trained on and queried with."""
+    if "{source}" not in template:
+        raise ValueError(f"the translation template must contain {{source}}: {template!r}")
+    fields_ = {"src_lang": rec["src_lang"], "tgt_lang": rec["tgt_lang"]}
+    prefix, suffix = template.split("{source}", 1)
+    pre = _bos(tokenizer) + _ids(tokenizer, prefix.format(**fields_))
+    suf = _ids(tokenizer, suffix.format(**fields_))
+    budget = max_length - len(pre) - len(suf)
+    if budget < 1:
+        raise ValueError(f"a prompt of at most {max_length} tokens leaves no room for the source")
+    return pre + _ids(tokenizer, str(rec["source"]))[:budget] + suf
+
+
 def encode_translation(
     records: Sequence[Mapping[str, Any]],
     tokenizer: Any,
@@ -211,21 +228,12 @@ def encode_translation(
     max_target_length: int | None = None,
 ) -> list[dict[str, Any]]:
     """Prompt → target ids with labels -100 on the prompt: the loss is on the target only."""
-    if "{source}" not in template:
-        raise ValueError(f"the translation template must contain {{source}}: {template!r}")
     max_target_length = max_target_length or max_length // 2
     eos = tokenizer.eos_token_id
     out = []
     for rec in records:
-        fields_ = {"src_lang": rec["src_lang"], "tgt_lang": rec["tgt_lang"]}
-        prefix, suffix = template.split("{source}", 1)
-        pre = _bos(tokenizer) + _ids(tokenizer, prefix.format(**fields_))
-        suf = _ids(tokenizer, suffix.format(**fields_))
         target = _ids(tokenizer, " " + str(rec["target"]).strip())[: max_target_length - 1] + [eos]
-        budget = max_length - len(pre) - len(suf) - len(target)
-        if budget < 1:
-            raise ValueError(f"max_length {max_length} leaves no room for the source text")
-        prompt = pre + _ids(tokenizer, str(rec["source"]))[:budget] + suf
+        prompt = translation_prompt(tokenizer, rec, template, max_length - len(target))
         out.append(
             {
                 "id": str(rec.get("id", "")),
