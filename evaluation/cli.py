@@ -8,17 +8,13 @@ Under Dagster Pipes (``DAGSTER_PIPES_CONTEXT`` set) the extra ``eval_config`` ho
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
-
-PIPES_ENV = "DAGSTER_PIPES_CONTEXT"
 
 
 def _config(args: argparse.Namespace, extra: dict[str, Any]) -> Any:
@@ -36,6 +32,7 @@ def _config(args: argparse.Namespace, extra: dict[str, Any]) -> Any:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from evaluation.predict import predict
+    from training.cli import bad_input, pipes_session
 
     p = argparse.ArgumentParser(prog="python -m evaluation", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", help="YAML with PredictConfig fields")
@@ -44,26 +41,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out")
     p.add_argument("--task", choices=["classification", "translation"])
     args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
-    with contextlib.ExitStack() as stack:
-        pipes = None
-        if PIPES_ENV in os.environ:
-            from dagster_pipes import open_dagster_pipes  # the dagster-free Pipes package
-            from transformers.utils import logging as hf_logging
-
-            hf_logging.disable_progress_bar()  # its bars would fill the run's log in the UI
-            pipes = stack.enter_context(open_dagster_pipes())
+    with pipes_session() as pipes:
         extra = dict(pipes.extras.get("eval_config") or {}) if pipes is not None else {}
         try:
             cfg = _config(args, extra)
             table = predict(cfg)
         except (ValueError, OSError) as exc:
-            # bad input: one clear line; GOVTUNE_DEBUG=1 re-raises for the full trace
-            if os.environ.get("GOVTUNE_DEBUG"):
-                raise
-            print(f"error: {exc}", file=sys.stderr)
-            if pipes is not None:
-                pipes.log.error(str(exc))
-            return 2
+            return bad_input(exc, pipes)
         if pipes is not None:
             pipes.report_asset_materialization(metadata={"rows": table.num_rows})
         print(json.dumps({"rows": table.num_rows, "out": cfg.out}))

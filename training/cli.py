@@ -146,7 +146,9 @@ def _metadata(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _pipes() -> Iterator[Any]:
+def pipes_session() -> Iterator[Any]:
+    """The Dagster Pipes context when launched by Dagster (``DAGSTER_PIPES_CONTEXT`` set), else
+    None; shared by ``python -m training`` and ``python -m evaluation``."""
     if PIPES_ENV not in os.environ:
         yield None
         return
@@ -158,11 +160,22 @@ def _pipes() -> Iterator[Any]:
         yield pipes
 
 
+def bad_input(exc: Exception, pipes: Any) -> int:
+    """Bad input (config, data, model name): one clear line on stderr and in the Dagster run's
+    log, no library traceback, exit status 2. ``GOVTUNE_DEBUG=1`` re-raises for the trace."""
+    if os.environ.get("GOVTUNE_DEBUG"):
+        raise exc
+    print(f"error: {exc}", file=sys.stderr)
+    if pipes is not None:
+        pipes.log.error(str(exc))
+    return 2
+
+
 def _train(argv: Sequence[str]) -> int:
     from training.trainer import train
 
     args = build_parser().parse_args(list(argv))
-    with _pipes() as pipes:
+    with pipes_session() as pipes:
         extra = dict(pipes.extras.get("train_config") or {}) if pipes is not None else {}
         on_metrics = None
         if pipes is not None:
@@ -176,14 +189,7 @@ def _train(argv: Sequence[str]) -> int:
             cfg = config_from_args(args, extra)
             result = train(cfg, on_metrics=on_metrics)
         except (ValueError, OSError, ImportError) as exc:
-            # bad input (config, data, model name): one clear line, no library traceback;
-            # GOVTUNE_DEBUG=1 re-raises for the full trace
-            if os.environ.get("GOVTUNE_DEBUG"):
-                raise
-            print(f"error: {exc}", file=sys.stderr)
-            if pipes is not None:
-                pipes.log.error(str(exc))
-            return 2
+            return bad_input(exc, pipes)
         summary_path = Path(cfg.run_dir) / "summary.json"
         summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
         if pipes is not None and summary:
