@@ -84,6 +84,7 @@ def ensure_inputs(defs: dg.Definitions, instance: dg.DagsterInstance, plan: Expe
     when they are not on disk yet."""
     from assets.resources import GovtuneHome
     from assets.tasks import DEFAULT_LANGUAGES, TASK_LANGUAGES
+    from training.models import SHIPPED_MODELS
 
     home = GovtuneHome()
     if not home.path("tasks", "translation.parquet").is_file():
@@ -96,7 +97,7 @@ def ensure_inputs(defs: dg.Definitions, instance: dg.DagsterInstance, plan: Expe
     if missing:
         materialize_partitions(defs, instance, "classification_train", missing)
     model = plan.finetune.get("model", "gemma-3-270m")
-    if model in ("gemma-3-270m", "smollm2-135m") and not home.path("models", model).is_dir():
+    if model in SHIPPED_MODELS and not home.path("models", model).is_dir():
         materialize_partitions(
             defs, instance, "base_model", [None],
             run_config={"ops": {"base_model": {"config": {"name": model}}}},
