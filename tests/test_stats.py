@@ -12,9 +12,15 @@ from evaluation.stats import (
     adjust_pvalues,
     bootstrap_ci,
     compare_per_language,
+    contrast_test,
     mcnemar,
+    mean_ci,
     paired_bootstrap,
+    paired_test,
+    seed_variance,
     sign_flip_test,
+    t_mde,
+    t_power,
 )
 
 
@@ -158,3 +164,72 @@ def test_bad_input_is_explained():
         bootstrap_ci([])
     with pytest.raises(ValueError, match="shared_examples=True"):
         bootstrap_ci([np.ones(3), np.ones(4)], shared_examples=True)
+
+
+# --------------------------------------------------------------------------- crossed design
+
+
+def _binary_arms(rng, n=400, seeds=3, seed_sd=0.04, delta=0.0, shared_seed=0.0):
+    """Two methods on the same items: logistic item difficulty, a per-item interaction, a
+    run-level (seed) shift; ``shared_seed`` adds the same seed effect to both arms."""
+    a = rng.normal(0, 1.5, n)
+    inter = rng.normal(0, 0.5, n)
+    common = rng.normal(0, shared_seed, (seeds, 1))
+
+    def arm(shift, it):
+        b = rng.normal(0, seed_sd, (seeds, 1)) + common
+        p = np.clip(1 / (1 + np.exp(-(a + it))) + shift + b, 0, 1)
+        return (rng.random((seeds, n)) < p).astype(float)
+
+    return arm(delta, inter / 2), arm(0.0, -inter / 2)
+
+
+@pytest.mark.parametrize("seed_sd", [0.0, 0.04, 0.08])
+def test_contrast_test_false_positive_rate_under_the_null(seed_sd):
+    rng = np.random.default_rng(10)
+    reps = 600
+    indep = matched = 0
+    for _ in range(reps):
+        a, b = _binary_arms(rng, seed_sd=seed_sd)
+        indep += contrast_test([a, b], [1, -1]).significant
+        matched += contrast_test([a, b], [1, -1], seed_matched=True).significant
+    # nominal 0.05; 600 replications give a binomial SD of about 0.009
+    assert indep / reps <= 0.07 and matched / reps <= 0.07, (indep / reps, matched / reps)
+    assert indep / reps >= 0.015  # not the 0.2% of the two-way bootstrap
+
+
+def test_contrast_test_is_more_powerful_than_the_two_way_bootstrap():
+    rng = np.random.default_rng(11)
+    reps, ours, boot = 120, 0, 0
+    for r in range(reps):
+        a, b = _binary_arms(rng, seed_sd=0.0, delta=0.05)
+        ours += contrast_test([a, b], [1, -1]).significant
+        boot += paired_bootstrap(a, b, n_boot=300, seed=r).significant
+    assert ours >= boot + 8, (ours, boot)  # same data: the gap is the tests', not noise
+
+
+def test_contrast_by_hand_and_seed_matching_cancels_shared_seed_effects():
+    x = np.array([[1.0, 0.0, 1.0, 1.0], [1.0, 1.0, 0.0, 1.0]])
+    c = mean_ci(x)
+    assert c.estimate == pytest.approx(x.mean())
+    sv = seed_variance(x)
+    assert sv.var == pytest.approx(np.var(x.mean(axis=1), ddof=1))
+    rng = np.random.default_rng(12)
+    a, b = _binary_arms(rng, seeds=4, seed_sd=0.0, shared_seed=0.1)
+    indep = contrast_test([a, b], [1, -1])
+    matched = contrast_test([a, b], [1, -1], seed_matched=True)
+    assert matched.estimate == pytest.approx(indep.estimate)
+    assert matched.se < indep.se  # the shared seed effect cancels within each seed
+    same = paired_test(a, a)
+    assert same.estimate == 0 and not same.significant and same.p_value == 1.0
+    one_seed = contrast_test([a[:1], b], [1, -1], seed_vars=[seed_variance(b), None])
+    assert one_seed.borrowed_seed_var and one_seed.se > 0
+    with pytest.raises(ValueError, match="same >= 2 items"):
+        contrast_test([a, b[:, :5]], [1, -1])
+
+
+def test_t_power_and_mde_are_inverse():
+    assert t_power(0.0, 0.01, 50) == pytest.approx(0.05, abs=1e-9)
+    mde = t_mde(0.01, 30)
+    assert t_power(mde, 0.01, 30) == pytest.approx(0.8, abs=1e-6)
+    assert t_mde(0.01, 3) > t_mde(0.01, 300)  # few df: a larger effect is needed
