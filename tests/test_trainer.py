@@ -143,9 +143,11 @@ def _records(cfg):
 def test_resume_refuses_a_different_configuration(tmp_path):
     train(config(tmp_path / "run", steps=4))
     with pytest.raises(ValueError, match="different configuration"):
-        train(config(tmp_path / "run", steps=8, lr=5e-3))
-    # steps may grow: the run continues from its last checkpoint
-    more = train(config(tmp_path / "run", steps=6))
+        train(config(tmp_path / "run", steps=4, lr=5e-3))
+    # a changed length changes the run: an error unless asked for
+    with pytest.raises(ValueError, match="run of 4 steps.*extend_steps: true"):
+        train(config(tmp_path / "run", steps=6))
+    more = train(config(tmp_path / "run", steps=6, extend_steps=True))
     assert more.resumed_from == 4
 
 

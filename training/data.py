@@ -14,7 +14,10 @@ translation ``id, src_lang, tgt_lang, source, target, split``.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
+import os
 import random
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -85,10 +88,80 @@ def validate_records(records: Sequence[Mapping[str, Any]], task: str) -> None:
             )
         elif rec["split"] not in SPLITS:
             problems.append(f"row {i} (id={rec.get('id')!r}) has split={rec['split']!r}")
+        elif "weight" in rec:
+            try:
+                example_weight(rec)
+            except ValueError as exc:
+                problems.append(f"row {i}: {exc}")
         if len(problems) >= 5:
             break
     if problems:
         raise ValueError(f"{task} records break the task-data contract: " + "; ".join(problems))
+
+
+def example_weight(rec: Mapping[str, Any]) -> float:
+    """A record's sampling weight: its ``weight`` column, 1 when absent or null."""
+    w = rec.get("weight")
+    if w is None:
+        return 1.0
+    if isinstance(w, bool) or not isinstance(w, int | float):
+        raise ValueError(f"record {rec.get('id')!r} has a non-numeric weight {w!r}")
+    w = float(w)
+    if not math.isfinite(w) or w < 0:
+        raise ValueError(
+            f"record {rec.get('id')!r} has weight {w}; weights must be finite and >= 0"
+        )
+    return w
+
+
+def rehydration_weight(cluster_size: int | None) -> float:
+    """FineWeb-2's up-weighting of a kept document by the size of its near-duplicate cluster.
+
+    2 -> 2x, 3-4 -> 3x, 5-99 -> 5x, 100-999 -> 8x, >= 1000 -> 1x (such huge clusters are
+    mostly boilerplate); a singleton (size 1, or no cluster) keeps weight 1.
+    """
+    if cluster_size is None:
+        return 1.0
+    if isinstance(cluster_size, bool) or int(cluster_size) != cluster_size or cluster_size < 0:
+        raise ValueError(f"cluster_size must be a non-negative integer, got {cluster_size!r}")
+    size = int(cluster_size)
+    if size <= 1 or size >= 1000:
+        return 1.0
+    if size == 2:
+        return 2.0
+    if size <= 4:
+        return 3.0
+    if size <= 99:
+        return 5.0
+    return 8.0
+
+
+_VERSION_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def data_version(path: str | Path) -> str:
+    """``sha256:<hex>`` of a file's bytes (a directory: of its files' relative names and
+    bytes), cached per (path, mtime, size): the content identity that the run fingerprint and
+    the asset metadata use, so a moved data root or the same data written elsewhere keeps it
+    and different data under the same path does not."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(f for f in path.rglob("*") if f.is_file())
+        h = hashlib.sha256()
+        for f in files:
+            h.update(str(f.relative_to(path)).encode() + b"\0")
+            h.update(data_version(f).encode() + b"\0")
+        return f"sha256:{h.hexdigest()}"
+    st = os.stat(path)
+    key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
+    cached = _VERSION_CACHE.get(key)
+    if cached is None:
+        h = hashlib.sha256()
+        with path.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        cached = _VERSION_CACHE[key] = f"sha256:{h.hexdigest()}"
+    return cached
 
 
 def split_records(records: Sequence[Mapping[str, Any]], split: str) -> list[dict[str, Any]]:
@@ -198,6 +271,7 @@ def encode_classification(
                 "lang": example_language(rec, "classification"),
                 "input_ids": pre + text_ids + suf,
                 "class_id": index[rec["label"]],
+                "weight": example_weight(rec),
             }
         )
     return out
@@ -240,6 +314,7 @@ def encode_translation(
                 "lang": example_language(rec, "translation"),
                 "input_ids": prompt + target,
                 "labels": [-100] * len(prompt) + target,
+                "weight": example_weight(rec),
             }
         )
     return out
@@ -247,11 +322,13 @@ def encode_translation(
 
 @dataclass
 class Collator:
-    """Pads a list of encoded examples into a batch dict (tensors + ``langs``)."""
+    """Pads a list of encoded examples into a batch dict (tensors + ``langs``); with
+    ``device`` set, the tensors come back on that device."""
 
     task: str
     pad_id: int
     label_token_ids: list[int] = field(default_factory=list)
+    device: str | None = None
 
     def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         n = max(len(e["input_ids"]) for e in examples)
@@ -275,11 +352,23 @@ class Collator:
                 labels[i, :k] = torch.tensor(e["labels"])
             batch["labels"] = labels
         batch["input_ids"], batch["attention_mask"] = ids, mask
+        if self.device is not None and torch.device(self.device).type != "cpu":
+            from training.device import move_batch
+
+            batch = move_batch(batch, self.device)
         return batch
 
 
 def count_tokens(batch: Mapping[str, Any]) -> int:
     return int(batch["attention_mask"].sum())
+
+
+def example_target_count(example: Mapping[str, Any]) -> int:
+    """An encoded example's weight in :func:`example_losses`' token-weighted mean, without a
+    forward pass: 1 for classification, its number of target tokens for translation."""
+    if "class_id" in example:
+        return 1
+    return sum(1 for label in example["labels"][1:] if label != -100)
 
 
 # --------------------------------------------------------------------------- losses
@@ -346,7 +435,7 @@ def language_losses(
         groups[lang].append(i)
     out = {}
     for lang in sorted(groups):
-        idx = torch.tensor(groups[lang])
+        idx = torch.tensor(groups[lang], device=losses.device)
         c = counts[idx]
         out[lang] = (losses[idx] * c).sum() / c.sum().clamp_min(1)
     return out
@@ -367,7 +456,10 @@ def score_classification(
     model.eval()
     recs = [dict(r, label=r.get("label") or task.labels[0]) for r in records]
     enc = encode_classification(recs, tokenizer, task, max_length)
-    collate = Collator("classification", tokenizer.pad_token_id, task.label_token_ids)
+    device = next(iter(model.parameters())).device
+    collate = Collator(
+        "classification", tokenizer.pad_token_id, task.label_token_ids, device=str(device)
+    )
     probs = []
     for i in range(0, len(enc), batch_size):
         logits = class_logits(model, collate(enc[i : i + batch_size]))

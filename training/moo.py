@@ -44,6 +44,7 @@ MOO_METHODS = ("none", "mgda", "pcgrad", "cagrad")
 MOO_SCOPES = ("global", "bucket", "layer")
 NORMALIZATIONS = ("none", "l2", "loss")
 MGDA_SOLVERS = ("pgd", "frank_wolfe")
+BACKENDS = ("govtune", "torchjd")
 
 _EPS = 1e-12
 
@@ -58,6 +59,10 @@ class MooConfig:
     :func:`solve_gram`). ``bucket_cap_mb`` mirrors DDP's ``bucket_cap_mb`` (25 by default);
     ``first_bucket_cap_mb`` mirrors DDP's smaller first bucket (None: same cap).
     ``cagrad_c`` is CAGrad's radius. ``seed`` fixes PCGrad's random projection order.
+    ``backend``: ``govtune`` (this module's solvers) or ``torchjd`` (a torchjd Gramian
+    weighting, :func:`torchjd_weighting`); ``aggregator`` names the torchjd weighting
+    (``upgrad``, ``mgda``, ``cagrad``, ``pcgrad``, ``dualproj``, ``imtlg``, ``alignedmtl``, ...;
+    default: ``moo``).
     """
 
     moo: str = "mgda"
@@ -68,12 +73,17 @@ class MooConfig:
     cagrad_c: float = 0.5
     mgda_solver: str = "pgd"
     seed: int = 0
+    backend: str = "govtune"
+    aggregator: str | None = None
 
     def __post_init__(self) -> None:
         _check_choice("moo", self.moo, MOO_METHODS)
         _check_choice("moo_scope", self.moo_scope, MOO_SCOPES)
         _check_choice("moo_normalization", self.moo_normalization, NORMALIZATIONS)
         _check_choice("mgda_solver", self.mgda_solver, MGDA_SOLVERS)
+        _check_choice("moo_backend", self.backend, BACKENDS)
+        if self.backend == "torchjd" and self.moo != "none":
+            torchjd_weighting(self.aggregator or self.moo, self.cagrad_c)  # fails early if unknown
         if not (isinstance(self.bucket_cap_mb, int | float) and self.bucket_cap_mb > 0):
             raise ValueError(f"bucket_cap_mb must be a positive number, got {self.bucket_cap_mb!r}")
         if self.first_bucket_cap_mb is not None and not self.first_bucket_cap_mb > 0:
@@ -117,6 +127,8 @@ def resolve_config(config: Any) -> MooConfig:
         cagrad_c=get("cagrad_c", defaults.cagrad_c),
         mgda_solver=get("mgda_solver", defaults.mgda_solver),
         seed=int(seed),
+        backend=get("moo_backend", defaults.backend),
+        aggregator=get("moo_aggregator", defaults.aggregator),
     )
 
 
@@ -335,6 +347,69 @@ def cagrad_coefficients(gram: np.ndarray | torch.Tensor, c: float = 0.5) -> np.n
     return (mean + lam * w) / (1.0 + c * c)
 
 
+# torchjd aggregators that only exist as Jacobian aggregators (no Gramian weighting): they
+# need the full K x n matrix and, for NashMTL, state across steps, so they do not fit a solve
+# that sees one group's Gram matrix
+_TORCHJD_JACOBIAN_ONLY = ("nashmtl", "config", "graddrop", "trimmedmean")
+
+
+def _torchjd_key(name: str) -> str:
+    return name.lower().replace("_", "").replace("-", "")
+
+
+def torchjd_weighting(name: str, cagrad_c: float = 0.5) -> Any:
+    """A torchjd ``Weighting`` on the Gram matrix (``torchjd.aggregation.<Name>Weighting``),
+    by case- and underscore-insensitive name: ``upgrad``, ``mgda``, ``cagrad`` (radius
+    ``cagrad_c``), ``pcgrad``, ``dualproj``, ``imtlg``, ``alignedmtl``, ``mean``, ``sum``, ..."""
+    try:
+        import torchjd.aggregation as tja
+    except ImportError as exc:  # pragma: no cover - torchjd is a dependency
+        raise ImportError("moo_backend='torchjd' needs the torchjd package") from exc
+    available = {
+        _torchjd_key(attr[: -len("Weighting")]): getattr(tja, attr)
+        for attr in dir(tja)
+        if attr.endswith("Weighting") and attr != "Weighting"
+    }
+    key = _torchjd_key(name)
+    if key in _TORCHJD_JACOBIAN_ONLY:
+        raise ValueError(
+            f"torchjd's {name!r} aggregates the full Jacobian (no Gramian weighting), so it cannot "
+            f"run per bucket on Gram matrices; choose one of {sorted(available)}"
+        )
+    if key not in available:
+        raise ValueError(f"unknown torchjd aggregator {name!r}; choose one of {sorted(available)}")
+    cls = available[key]
+    if key == "cagrad":
+        return cls(c=cagrad_c)
+    try:
+        return cls()
+    except TypeError as exc:
+        raise ValueError(
+            f"torchjd's {cls.__name__} needs parameters govtune does not pass ({exc}); "
+            "choose another aggregator"
+        ) from None
+
+
+def torchjd_weights(
+    gram: np.ndarray, name: str, cagrad_c: float = 0.5, rng: np.random.Generator | None = None
+) -> np.ndarray:
+    """The weights a torchjd Gramian weighting gives this Gram matrix (float64, on the CPU).
+
+    Randomised weightings (PCGrad's order, Random) draw from a torch generator seeded from
+    ``rng``, so every rank of a run draws the same weights."""
+    weighting = torchjd_weighting(name, cagrad_c)
+    seed = int((rng if rng is not None else np.random.default_rng(0)).integers(2**62))
+    g = torch.as_tensor(np.ascontiguousarray(gram), dtype=torch.float64)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            w = weighting(g)
+    out = w.detach().to("cpu", torch.float64).numpy().copy()
+    if not np.all(np.isfinite(out)):
+        raise ValueError(f"torchjd's {name!r} returned non-finite weights {out.tolist()}")
+    return out
+
+
 @dataclass(frozen=True)
 class Solution:
     """The outcome of one solve: ``weights`` as the solver reports them (simplex weights for
@@ -373,6 +448,8 @@ def solve_gram(
     cagrad_c: float = 0.5,
     rng: np.random.Generator | None = None,
     mgda_solver: str = "pgd",
+    backend: str = "govtune",
+    aggregator: str | None = None,
 ) -> Solution:
     """Combine K gradients known only through their Gram matrix.
 
@@ -390,6 +467,8 @@ def solve_gram(
     mn = m / np.outer(n_safe, n_safe)
     if method == "none":
         beta = np.full(k, 1.0 / k)
+    elif backend == "torchjd":
+        beta = torchjd_weights(mn, aggregator or method, cagrad_c, rng)
     elif method == "mgda":
         beta = mgda_weights(mn, solver=mgda_solver)
     elif method == "pcgrad":
@@ -811,6 +890,8 @@ def solve_group(
         cfg.cagrad_c,
         np.random.default_rng([cfg.seed, step, group_key]),
         cfg.mgda_solver,
+        cfg.backend,
+        cfg.aggregator,
     )
 
 
@@ -866,24 +947,88 @@ def moo_backward(
         grads = capture.language_gradients(losses, example_languages)
     else:
         grads = language_gradients(params, dict(losses))
+    return apply_language_gradients(
+        params, grads, cfg, languages=langs, losses=loss_values, names=names, step=step
+    )
+
+
+def apply_language_gradients(
+    params: Sequence[torch.nn.Parameter],
+    grads: Sequence[Sequence[torch.Tensor]],
+    config: Any,
+    *,
+    languages: Sequence[str],
+    losses: Sequence[float],
+    names: Sequence[str] | None = None,
+    step: int = 0,
+) -> dict[str, Any]:
+    """Solve every scope group on the given language gradients and add the combination to
+    ``p.grad``; returns :func:`moo_backward`'s diagnostics.
+
+    ``grads[k][i]`` is language ``k``'s gradient of ``params[i]`` (e.g. accumulated over the
+    micro-batches of a step, so that the solve runs once per optimiser step); ``losses`` are
+    the K loss values (diagnostics, ``loss`` normalisation).
+    """
+    cfg = resolve_config(config)
+    params = list(params)
+    langs = list(languages)
+    k = len(langs)
+    if len(grads) != k or any(len(g) != len(params) for g in grads):
+        raise ValueError(f"grads must be {k} lists of {len(params)} tensors")
+    loss_values = [float(v) for v in losses]
+    base = {
+        "method": cfg.moo,
+        "scope": cfg.moo_scope,
+        "normalization": cfg.moo_normalization,
+        "languages": langs,
+        "losses": loss_values,
+        "step": int(step),
+    }
+    if cfg.backend != "govtune":
+        base["backend"] = cfg.backend
+        base["aggregator"] = cfg.aggregator or cfg.moo
     groups = scope_groups(params, cfg, names)
     labels = group_labels(groups, cfg.moo_scope, names)
-    k = len(langs)
+    grams = group_grams(grads, groups)
     total_gram = np.zeros((k, k))
     records = []
     for gi, members in enumerate(groups):
-        gram = group_gram(grads, members)
+        gram = grams[gi]
         check_finite_gram(gram, langs)
         total_gram += gram
         sol = solve_group(gram, cfg, loss_values, step, min(members))
+        alpha = [float(a) for a in sol.alpha]
         for i in members:
-            combined = grads[0][i].mul(float(sol.alpha[0]))
+            combined = grads[0][i].mul(alpha[0])
             for lang in range(1, k):
-                combined.add_(grads[lang][i], alpha=float(sol.alpha[lang]))
+                combined.add_(grads[lang][i], alpha=alpha[lang])
             _accumulate(params[i], combined)
         numel = sum(params[i].numel() for i in members)
         records.append(group_diagnostics(gram, sol, langs, labels[gi], numel))
     return {**base, **summarize_groups(records, total_gram, langs), "groups": records}
+
+
+def group_grams(
+    grads: Sequence[Sequence[torch.Tensor]], groups: Sequence[Sequence[int]]
+) -> list[np.ndarray]:
+    """The K x K Gram matrix of every group, with one device-to-host copy for all of them:
+    each parameter's K x K block is computed where the gradients live, the blocks are summed
+    per group on the device, and the stack of group matrices comes back at once (no host
+    synchronisation per parameter)."""
+    k = len(grads)
+    if not groups:
+        return []
+    blocks = []
+    for members in groups:
+        acc = None
+        for i in members:
+            stacked = torch.stack([grads[lang][i].reshape(-1) for lang in range(k)])
+            if stacked.dtype not in (torch.float32, torch.float64):
+                stacked = stacked.float()
+            g = (stacked @ stacked.T).to(torch.float64)
+            acc = g if acc is None else acc + g
+        blocks.append(acc)
+    return list(torch.stack(blocks).cpu().numpy())
 
 
 def check_finite_gram(gram: np.ndarray, langs: Sequence[str]) -> None:

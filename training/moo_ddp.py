@@ -95,6 +95,19 @@ class MooHookState:
     def world_size(self) -> int:
         return dist.get_world_size(self.process_group)
 
+    def set_languages(self, languages: Sequence[str]) -> None:
+        """The languages of the coming step (in backward order; the same list on every rank).
+
+        The trainer calls it every step with the languages that the step's global batch holds,
+        so a language absent from a step is not an objective with a zero gradient (which would
+        make MGDA's min-norm point zero)."""
+        if self.current != -1:
+            raise RuntimeError("set_languages() in the middle of a step")
+        langs = list(languages)
+        if not langs or len(set(langs)) != len(langs):
+            raise ValueError(f"languages must be non-empty and distinct, got {langs}")
+        self.languages = langs
+
     def start_language(self, k: int) -> None:
         """Announce that the next backward pass is language ``k`` (0 starts a new step)."""
         if not 0 <= k < len(self.languages):
@@ -193,13 +206,11 @@ class MooHookState:
         bucket_index: int,
     ) -> torch.Tensor:
         """Solve each group of the bucket from the averaged K x n stack; return the combined n."""
-        k = len(self.languages)
         out = torch.empty(stacked.shape[1], dtype=stacked.dtype, device=stacked.device)
-        for sub, positions in enumerate(self._groups_in_bucket(indices)):
-            gram_np = np.zeros((k, k))
-            for pos in positions:
-                off, numel = offsets[pos]
-                gram_np += param_gram(stacked[:, off : off + numel])
+        groups = self._groups_in_bucket(indices)
+        grams = _bucket_grams(stacked, offsets, groups)
+        for sub, positions in enumerate(groups):
+            gram_np = grams[sub]
             check_finite_gram(gram_np, self.languages)
             members = [indices[pos] for pos in positions]
             sol = solve_group(gram_np, self.config, self._loss_values(), self.step, min(members))
@@ -236,6 +247,29 @@ class MooHookState:
         numel = sum(self.params[i].numel() for i in all_indices)
         rec = group_diagnostics(gram, sol, self.languages, "all", numel)
         self._records.append(((0, 0), rec, gram))
+
+
+def _bucket_grams(
+    stacked: torch.Tensor, offsets: list[tuple[int, int]], groups: list[list[int]]
+) -> list[np.ndarray]:
+    """K x K Gram matrix of every group of a K x n bucket stack, computed on the bucket's
+    device and copied to the host once for the whole bucket. A group that covers the whole
+    bucket (bucket scope) is one matrix product; otherwise its parameters' blocks are summed."""
+    x = stacked if stacked.dtype in (torch.float32, torch.float64) else stacked.float()
+    n = x.shape[1]
+    blocks = []
+    for positions in groups:
+        spans = [offsets[pos] for pos in positions]
+        if len(spans) == len(offsets) and sum(num for _, num in spans) == n:
+            blocks.append((x @ x.T).to(torch.float64))
+            continue
+        acc = None
+        for off, num in spans:
+            part = x[:, off : off + num]
+            g = (part @ part.T).to(torch.float64)
+            acc = g if acc is None else acc + g
+        blocks.append(acc)
+    return list(torch.stack(blocks).cpu().numpy())
 
 
 def _completed(t: torch.Tensor) -> torch.futures.Future:
@@ -480,6 +514,73 @@ def ddp_moo_backward(
                 state.set_losses(local_losses)
             loss.backward()
         if quiet:
+            state.stash_grads()
+    return state.finish_step()
+
+
+def ddp_moo_accumulated_backward(
+    ddp_model: torch.nn.parallel.DistributedDataParallel,
+    state: MooHookState,
+    batches: Mapping[str, Sequence[Any]],
+    loss_fn: Callable[[torch.nn.Module, Any], torch.Tensor],
+    *,
+    dummy: Any = None,
+    no_sync: bool = True,
+) -> dict[str, Any]:
+    """One optimiser step of MOO under DDP with gradient accumulation: the solve runs once.
+
+    ``batches[lang]`` lists this rank's sub-batches of ``lang`` over the step's micro-batches
+    (possibly none: a rank may lack a language in a step); ``loss_fn(ddp_model, sub_batch)``
+    returns that sub-batch's share of the language's loss, already scaled so that the
+    per-language gradients *summed* over the sub-batches and *averaged* over the ranks (what
+    the hook all-reduces) are the gradient of the language's loss over the global batch.
+    ``state.languages`` (set with :meth:`MooHookState.set_languages`) fixes the order.
+
+    Per language, every sub-batch but one runs under ``no_sync()`` and accumulates into
+    ``p.grad``; the language's last sub-batch goes through DDP (so its bucket holds the whole
+    accumulated language gradient) when it must: always for the last language, and for every
+    language before DDP has rebuilt its buckets or with ``no_sync=False``. A rank without a
+    sub-batch for such a synced pass runs ``dummy`` (any sub-batch) with a zero loss, because
+    every rank must take part in every synced backward. Returns the step's diagnostics.
+    """
+    langs = state.languages
+    missing = [lang for lang in langs if lang not in batches]
+    if missing:
+        raise ValueError(f"no entry in batches for {missing} (use an empty list)")
+    last = len(langs) - 1
+    quiet_ok = no_sync and bool(getattr(ddp_model, "_has_rebuilt_buckets", True))
+    local_losses: list[float] = []
+    for k, lang in enumerate(langs):
+        state.start_language(k)
+        subs = list(batches[lang])
+        synced = k == last or not quiet_ok
+        total = None
+        for j, sub in enumerate(subs):
+            sync_this = synced and j == len(subs) - 1
+            with contextlib.nullcontext() if sync_this else ddp_model.no_sync():
+                loss = loss_fn(ddp_model, sub)
+                if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+                    raise ValueError(f"loss_fn must return a scalar tensor ({lang!r})")
+                value = loss.detach().reshape(())
+                total = value if total is None else total + value
+                if sync_this and k == last:
+                    local_losses.append(float(total))
+                    state.set_losses(local_losses)
+                loss.backward()
+        if not subs:
+            if k != last:
+                local_losses.append(0.0)
+            if synced:  # take part in the synced backward with a zero contribution
+                if dummy is None:
+                    raise ValueError(f"this rank has no sub-batch of {lang!r} and no dummy")
+                loss = loss_fn(ddp_model, dummy) * 0.0
+                if k == last:
+                    local_losses.append(0.0)
+                    state.set_losses(local_losses)
+                loss.backward()
+        elif k != last:
+            local_losses.append(float(total))
+        if not synced:
             state.stash_grads()
     return state.finish_step()
 
