@@ -1,4 +1,4 @@
-"""Exact and MinHash-LSH near-duplicate removal, per language.
+"""Exact and MinHash-LSH near-duplicate removal, per language, verified against kept copies.
 
 Signatures are bit-for-bit the ones ``datasketch.MinHash`` computes (same permutations from
 the same seed, same ``affine32`` scheme; a test checks it) given our shingle hash, but they are
@@ -6,15 +6,24 @@ computed for a whole batch of documents at once with numpy instead of one ``MinH
 document. The LSH step bands the signatures (``bands x rows``) and finds colliding bands by
 sorting, as datatrove's bucket stage does: memory stays linear in the number of documents.
 
-Clusters keep their size (``dup_cluster_size``, exact copies included) so ablations can
-"rehydrate" (up-weight by cluster size) instead of dropping. The kept representative is chosen
-deterministically (lowest ``doc_id`` by default).
+LSH collisions chain: A collides with B, B with C, and a union-find over every collision puts
+documents that share nothing into one cluster. So the connected components of the collision
+graph are only candidates; each is split greedily around kept representatives in keep order
+(:func:`split_component`), and a document is removed only as the duplicate of a kept document
+whose Jaccard to it (MinHash estimate or true shingle Jaccard, ``DedupConfig.similarity``) is
+at least ``DedupConfig.threshold``.
+
+The steps are small pure functions over arrays (:func:`signatures`, :func:`band_keys`,
+:func:`candidate_pairs`, :func:`components`, :func:`assign_representatives`), so a distributed
+engine can run them shard by shard and component by component; :func:`dedup_stage` composes
+them in one process. Clusters keep their size (``dup_cluster_size``, exact copies included) so
+ablations can "rehydrate" (up-weight by cluster size) instead of dropping.
 """
 
 from __future__ import annotations
 
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from functools import cache
 
@@ -23,6 +32,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import regex
 from datasketch import MinHash
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 from .config import DedupConfig
 from .contract import StageResult, content_hash, empty_rejected, rejected_rows
@@ -130,109 +141,271 @@ def signatures(
     return sig, has
 
 
-class _UnionFind:
-    def __init__(self, n: int) -> None:
-        self.parent = np.arange(n)
+Similarity = Callable[[int, np.ndarray], np.ndarray]
+"""``similarity(r, idx)``: the Jaccard between unit ``r`` and each unit of ``idx`` (floats)."""
 
-    def find(self, x: int) -> int:
-        p = self.parent
-        root = x
-        while p[root] != root:
-            root = p[root]
-        while p[x] != root:
-            p[x], x = root, p[x]
-        return root
-
-    def union(self, x: int, y: int) -> None:
-        rx, ry = self.find(x), self.find(y)
-        if rx != ry:
-            self.parent[max(rx, ry)] = min(rx, ry)
+_NO_PAIRS = np.zeros((0, 2), dtype=np.int64)
 
 
-def lsh_clusters(sig: np.ndarray, has: np.ndarray, config: DedupConfig) -> np.ndarray:
-    """Cluster label (index of the cluster's smallest member) for every document."""
-    n = len(sig)
-    uf = _UnionFind(n)
+def band_keys(sig: np.ndarray, config: DedupConfig) -> np.ndarray:
+    """One 64-bit key per band and document (``bands x n``, uint64): a seeded linear hash of the
+    band's ``rows`` signature values, so a band is compared as one number. Keys of different
+    bands can collide (probability ~2^-64 per pair); :func:`candidate_pairs` re-checks."""
     rng = np.random.default_rng(config.seed)
     mult = rng.integers(1, 2**63, size=config.rows, dtype=np.uint64) | np.uint64(1)
-    idx = np.flatnonzero(has)
+    keys = np.empty((config.bands, len(sig)), dtype=np.uint64)
     for band in range(config.bands):
-        cols = sig[idx, band * config.rows : (band + 1) * config.rows].astype(np.uint64)
-        keys = (cols * mult[None, :]).sum(axis=1, dtype=np.uint64)  # wraps mod 2^64
-        order = np.argsort(keys, kind="stable")
-        sk = keys[order]
-        same = np.flatnonzero(sk[1:] == sk[:-1])
-        for j in same:
-            x, y = idx[order[j]], idx[order[j + 1]]
-            # guard against the (rare) 64-bit key collision of different bands
-            if np.array_equal(sig[x, band * config.rows : (band + 1) * config.rows],
-                              sig[y, band * config.rows : (band + 1) * config.rows]):  # fmt: skip
-                uf.union(int(x), int(y))
-    return np.array([uf.find(i) for i in range(n)])
+        cols = sig[:, band * config.rows : (band + 1) * config.rows].astype(np.uint64)
+        keys[band] = (cols * mult[None, :]).sum(axis=1, dtype=np.uint64)  # wraps mod 2^64
+    return keys
 
 
-def _pick(members: list[int], doc_ids: list[str], lengths: list[int], keep: str) -> int:
+def candidate_pairs(sig: np.ndarray, has: np.ndarray, config: DedupConfig) -> np.ndarray:
+    """LSH candidate edges between rows of ``sig`` (``k x 2`` int64, ``i < j``, sorted, unique).
+
+    Per band the keys are sorted (datatrove's bucket stage) and each document is joined to the
+    next one with the same band: a bucket of ``m`` documents gives ``m - 1`` edges (a path),
+    not ``m^2 / 2``, which connects it just the same and keeps memory linear. Every edge is a
+    real collision (the full band is compared). Rows without shingles (``has`` false) never
+    pair: their signatures are all the same sentinel."""
+    idx = np.flatnonzero(has)
+    if len(idx) < 2:
+        return _NO_PAIRS
+    keys = band_keys(sig[idx], config)
+    found = []
+    for band in range(config.bands):
+        order = np.argsort(keys[band], kind="stable")
+        sk = keys[band][order]
+        j = np.flatnonzero(sk[1:] == sk[:-1])
+        if len(j) == 0:
+            continue
+        x, y = idx[order[j]], idx[order[j + 1]]
+        cols = slice(band * config.rows, (band + 1) * config.rows)
+        same = (sig[x, cols] == sig[y, cols]).all(axis=1)
+        found.append(np.stack([x[same], y[same]], axis=1))
+    if not found:
+        return _NO_PAIRS
+    pairs = np.sort(np.concatenate(found).astype(np.int64), axis=1)
+    return np.unique(pairs, axis=0) if len(pairs) else _NO_PAIRS
+
+
+def components(n: int, pairs: np.ndarray) -> np.ndarray:
+    """Connected components of ``n`` nodes joined by ``pairs``; the label of a node is the
+    smallest node index of its component (so labels do not depend on the edge order)."""
+    if len(pairs) == 0:
+        return np.arange(n, dtype=np.int64)
+    graph = coo_matrix(
+        (np.ones(len(pairs), dtype=np.int8), (pairs[:, 0], pairs[:, 1])), shape=(n, n)
+    )
+    _, lab = connected_components(graph, directed=False)
+    first = np.full(lab.max() + 1, n, dtype=np.int64)
+    np.minimum.at(first, lab, np.arange(n, dtype=np.int64))
+    return first[lab]
+
+
+def jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    """Jaccard of two sorted, unique shingle-hash sets (0 when both are empty)."""
+    inter = len(np.intersect1d(a, b, assume_unique=True))
+    union = len(a) + len(b) - inter
+    return inter / union if union else 0.0
+
+
+def signature_similarity(sig: np.ndarray) -> Similarity:
+    """MinHash estimate: the share of equal signature slots (one vectorised row comparison)."""
+
+    def similarity(r: int, idx: np.ndarray) -> np.ndarray:
+        return (sig[idx] == sig[r]).mean(axis=1)
+
+    return similarity
+
+
+def shingle_similarity(sets: Mapping[int, np.ndarray] | Sequence[np.ndarray]) -> Similarity:
+    """True Jaccard of the shingle-hash sets (sorted, unique; as :func:`shingle_hashes` gives):
+    the members' sets are concatenated and looked up in the representative's at once."""
+
+    def similarity(r: int, idx: np.ndarray) -> np.ndarray:
+        a = sets[int(r)]
+        parts = [sets[int(i)] for i in idx]
+        sizes = np.array([len(p) for p in parts], dtype=np.int64)
+        if len(a) == 0 or sizes.sum() == 0:
+            return np.zeros(len(idx))
+        cat = np.concatenate(parts)
+        pos = np.minimum(np.searchsorted(a, cat), len(a) - 1)
+        hit = a[pos] == cat
+        owner = np.repeat(np.arange(len(idx)), sizes)
+        inter = np.bincount(owner, weights=hit, minlength=len(idx))
+        union = len(a) + sizes - inter
+        return np.divide(inter, union, out=np.zeros(len(idx)), where=union > 0)
+
+    return similarity
+
+
+def split_component(
+    members: np.ndarray, similarity: Similarity, threshold: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split one LSH component around kept representatives, greedily in ``members``' order
+    (keep priority): the first unassigned member is kept, every unassigned member with
+    Jaccard >= ``threshold`` to it is assigned to it, repeat. Collisions chain (A~B, B~C,
+    C~D...), so a component can hold documents that share nothing; this never removes a
+    document unless the kept one it names is itself near it.
+
+    Returns ``(rep, jac)`` aligned with ``members``: the kept member each one is assigned to
+    (itself when kept) and its Jaccard to it (1.0 for the kept ones)."""
+    m = len(members)
+    rep = np.array(members, dtype=np.int64, copy=True)
+    jac = np.ones(m)
+    open_ = np.ones(m, dtype=bool)
+    k = 0
+    while True:
+        while k < m and not open_[k]:
+            k += 1
+        if k >= m:
+            break
+        open_[k] = False
+        cand = np.flatnonzero(open_)
+        if len(cand):
+            s = similarity(int(members[k]), members[cand])
+            near = s >= threshold
+            hit = cand[near]
+            rep[hit] = members[k]
+            jac[hit] = s[near]
+            open_[hit] = False
+    return rep, jac
+
+
+def assign_representatives(
+    labels: np.ndarray,
+    similarity: Similarity,
+    threshold: float,
+    priority: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`split_component` over every component of ``labels`` with more than one member.
+
+    ``priority``: lower is kept first (default: the index, so callers that number units in
+    keep order need not pass it). Returns ``(rep, jac)`` per unit: the index of the kept unit
+    it is assigned to (itself when kept) and the Jaccard to it."""
+    labels = np.asarray(labels)
+    n = len(labels)
+    rep = np.arange(n, dtype=np.int64)
+    jac = np.ones(n)
+    if n < 2:
+        return rep, jac
+    _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    multi = np.flatnonzero(counts[inverse] > 1)
+    if len(multi) == 0:
+        return rep, jac
+    prio = multi if priority is None else np.asarray(priority)[multi]
+    order = multi[np.lexsort((prio, inverse[multi]))]
+    lab = inverse[order]
+    for block in np.split(order, np.flatnonzero(lab[1:] != lab[:-1]) + 1):
+        rep[block], jac[block] = split_component(block, similarity, threshold)
+    return rep, jac
+
+
+def keep_order(doc_ids: Sequence[str], lengths: Sequence[int], keep: str) -> np.ndarray:
+    """Document indices, the one to keep first: by ``doc_id`` (``lowest_doc_id``) or by length,
+    longest first, then ``doc_id`` (``longest``). It depends on the documents, never on their
+    row order (doc_ids are unique after ingest; equal ones fall back to row order)."""
     if keep == "longest":
-        return min(members, key=lambda i: (-lengths[i], doc_ids[i]))
-    return min(members, key=lambda i: doc_ids[i])
+        order = sorted(range(len(doc_ids)), key=lambda i: (-lengths[i], doc_ids[i]))
+    else:
+        order = sorted(range(len(doc_ids)), key=lambda i: doc_ids[i])
+    return np.array(order, dtype=np.int64)
+
+
+def exact_units(
+    hashes: Sequence[str], order: np.ndarray, exact: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """Group identical texts into units numbered in keep order. Returns ``unit_of`` (the unit of
+    every document) and ``unit_doc`` (each unit's first document in ``order``: the copy kept if
+    the unit is). Without ``exact`` every document is its own unit."""
+    unit_of = np.empty(len(hashes), dtype=np.int64)
+    unit_doc: list[int] = []
+    seen: dict[object, int] = {}
+    for i in order.tolist():
+        key = hashes[i] if exact else i
+        u = seen.get(key)
+        if u is None:
+            u = seen[key] = len(unit_doc)
+            unit_doc.append(i)
+        unit_of[i] = u
+    return unit_of, np.array(unit_doc, dtype=np.int64)
+
+
+def near_representatives(
+    texts: Sequence[str], use_chars: bool, config: DedupConfig
+) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+    """Signatures -> LSH candidate pairs -> components -> verified split, over ``texts`` given in
+    keep order. Returns ``(rep, jac, stats)`` per text (as :func:`assign_representatives`)."""
+    n = len(texts)
+    sig, has = signatures(texts, use_chars, config)
+    pairs = candidate_pairs(sig, has, config)
+    labels = components(n, pairs)
+    sizes = np.bincount(labels, minlength=n)
+    if config.similarity == "shingles":
+        in_multi = np.flatnonzero(sizes[labels] > 1)
+        sets = {int(i): shingle_hashes(texts[i], use_chars, config) for i in in_multi}
+        similarity = shingle_similarity(sets)
+    else:
+        similarity = signature_similarity(sig)
+    rep, jac = assign_representatives(labels, similarity, config.threshold)
+    kept_per_component = np.bincount(labels[rep == np.arange(n)], minlength=n)
+    stats = {
+        "candidate_pairs": int(len(pairs)),
+        "components_with_duplicates": int((sizes > 1).sum()),
+        "largest_component": int(sizes.max()) if n else 0,
+        "components_split": int((kept_per_component > 1).sum()),
+    }
+    return rep, jac, stats
 
 
 def dedup_stage(table: pa.Table, config: DedupConfig, lang: str | None = None) -> StageResult:
-    """Exact then near-duplicate removal over one language's documents."""
+    """Exact then verified near-duplicate removal over one language's documents.
+
+    Identical texts (same ``content_hash``) form a unit; the near pass runs over one copy per
+    unit. A removed document always names in ``duplicate_of`` a kept document: its identical
+    twin (``exact_duplicate``), or one whose Jaccard to it is at least ``config.threshold``
+    (``near_duplicate``, with that Jaccard as ``est_jaccard``). The twins of a unit that is a
+    near-duplicate point to the same kept document. ``dup_cluster`` is the kept document's
+    ``doc_id`` and ``dup_cluster_size`` the size of its cluster, exact copies included.
+    Columns beyond the contract pass through untouched."""
+    config.validate()
     texts = table.column("text").to_pylist()
     doc_ids = table.column("doc_id").to_pylist()
-    lengths = [len(t) for t in texts]
     n = len(texts)
+    lengths = [len(t) for t in texts]
     hashes = [content_hash(t) for t in texts]
-    groups = np.arange(n)
-    # exact: same content hash -> one group
-    first: dict[str, int] = {}
-    for i, h in enumerate(hashes):
-        groups[i] = first.setdefault(h, i) if config.exact else i
-    # near: LSH over the exact representatives' signatures, merged into the same groups
+    unit_of, unit_doc = exact_units(hashes, keep_order(doc_ids, lengths, config.keep), config.exact)
     use_chars = config.shingle == "char" or (lang in config.char_languages)
-    est_jaccard = np.ones(n)
-    if config.near and n > 1:
-        reps = np.unique(groups)
-        sig, has = signatures([texts[i] for i in reps], use_chars, config)
-        labels = lsh_clusters(sig, has, config)
-        rep_root = {int(reps[k]): int(reps[labels[k]]) for k in range(len(reps))}
-        if config.verify_threshold is not None:
-            for k, rep in enumerate(reps):
-                root_k = int(labels[k])
-                j = float(np.mean(sig[k] == sig[root_k]))
-                if j < config.verify_threshold:
-                    rep_root[int(rep)] = int(rep)
-        groups = np.array([rep_root[int(g)] for g in groups])
-        pos = {int(r): k for k, r in enumerate(reps)}
-        for i in range(n):
-            ki, kr = pos.get(int(groups[i])), pos.get(int(first.get(hashes[i], i)))
-            if ki is not None and kr is not None:
-                est_jaccard[i] = float(np.mean(sig[ki] == sig[kr]))
-    clusters: dict[int, list[int]] = {}
-    for i, g in enumerate(groups):
-        clusters.setdefault(int(g), []).append(i)
-    keep = np.zeros(n, dtype=bool)
-    cluster_id = [""] * n
-    cluster_size = np.ones(n, dtype=np.int32)
+    n_units = len(unit_doc)
+    rep_unit, jac_unit = np.arange(n_units, dtype=np.int64), np.ones(n_units)
+    stats = {"candidate_pairs": 0, "components_with_duplicates": 0, "largest_component": 1,
+             "components_split": 0}  # fmt: skip
+    if config.near and n_units > 1:
+        rep_unit, jac_unit, stats = near_representatives(
+            [texts[i] for i in unit_doc], use_chars, config
+        )
+    final = unit_doc[rep_unit[unit_of]] if n else np.zeros(0, dtype=np.int64)  # kept doc
+    keep = final == np.arange(n)
+    size = np.bincount(final, minlength=n)
     reasons = [""] * n
     details: list[dict | None] = [None] * n
-    for members in clusters.values():
-        rep = _pick(members, doc_ids, lengths, config.keep)
-        keep[rep] = True
-        for i in members:
-            cluster_id[i] = doc_ids[rep]
-            cluster_size[i] = len(members)
-            if i != rep:
-                # removed by the exact pass (an identical twin came first) or identical to rep
-                exact = first.get(hashes[i]) != i or hashes[i] == hashes[rep]
-                reasons[i] = "exact_duplicate" if exact else "near_duplicate"
-                details[i] = {"duplicate_of": doc_ids[rep], "cluster_size": len(members)}
-                if not exact:
-                    details[i]["est_jaccard"] = round(float(est_jaccard[i]), 3)
+    near_j: list[float] = []
+    for i in np.flatnonzero(~keep).tolist():
+        r = int(final[i])
+        info: dict = {"duplicate_of": doc_ids[r], "cluster_size": int(size[r])}
+        u = int(unit_of[i])
+        if rep_unit[u] == u:  # an identical twin of the kept copy
+            reasons[i] = "exact_duplicate"
+        else:
+            reasons[i] = "near_duplicate"
+            info["est_jaccard"] = round(float(jac_unit[u]), 4)
+            info["similarity"] = config.similarity
+            near_j.append(float(jac_unit[u]))
+        details[i] = info
     table = _set(table, "content_hash", pa.array(hashes, pa.string()))
-    table = _set(table, "dup_cluster", pa.array(cluster_id, pa.string()))
-    table = _set(table, "dup_cluster_size", pa.array(cluster_size, pa.int32()))
+    table = _set(table, "dup_cluster", pa.array([doc_ids[r] for r in final.tolist()], pa.string()))
+    table = _set(table, "dup_cluster_size", pa.array(size[final], pa.int32()))
     drop = np.flatnonzero(~keep)
     dropped = table.take(pa.array(drop, pa.int64()))
     rejected = (
@@ -241,7 +414,9 @@ def dedup_stage(table: pa.Table, config: DedupConfig, lang: str | None = None) -
         else empty_rejected()
     )
     kept = table.filter(pa.array(keep))
-    sizes = np.array([len(m) for m in clusters.values()])
+    kept_sizes = size[keep]
+    edges = [config.threshold, 0.8, 0.9, 1.0]
+    edges = sorted({e for e in edges if e >= config.threshold})
     meta = {
         "language": lang,
         "shingle": "char" if use_chars else "word",
@@ -250,10 +425,29 @@ def dedup_stage(table: pa.Table, config: DedupConfig, lang: str | None = None) -
         "bands": config.bands,
         "rows": config.rows,
         "effective_threshold": round(config.effective_threshold, 4),
-        "clusters_with_duplicates": int((sizes > 1).sum()) if len(sizes) else 0,
-        "largest_cluster": int(sizes.max()) if len(sizes) else 0,
+        "threshold": config.threshold,
+        "similarity": config.similarity,
+        "candidate_probability_at_threshold": round(
+            config.candidate_probability(config.threshold), 4
+        ),
+        **stats,
+        "exact_removed": reasons.count("exact_duplicate"),
+        "near_removed": len(near_j),
+        "near_jaccard_histogram": _histogram(near_j, edges),
+        "clusters_with_duplicates": int((kept_sizes > 1).sum()),
+        "largest_cluster": int(kept_sizes.max()) if len(kept_sizes) else 0,
     }
     return StageResult(kept, rejected, meta)
+
+
+def _histogram(values: list[float], edges: list[float]) -> dict[str, int]:
+    """Counts per ``[edge_k, edge_k+1)`` bin, the last edge (1.0) a bin of its own."""
+    out: dict[str, int] = {}
+    v = np.asarray(values)
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        out[f"[{lo:g}, {hi:g})"] = int(((v >= lo) & (v < hi)).sum())
+    out[f"{edges[-1]:g}"] = int((v >= edges[-1]).sum())
+    return out
 
 
 def _set(table: pa.Table, name: str, array: pa.Array) -> pa.Table:

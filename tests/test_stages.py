@@ -1,26 +1,14 @@
 """Unit tests of the governance stages on small real inputs."""
 
-import zlib
-
-import numpy as np
 import pyarrow as pa
 import pytest
-from datasketch import MinHash, MinHashLSH
 
 from quality_models.config import (
     ConfigError,
-    DedupConfig,
     GovernanceConfig,
     governance_config_from_dict,
 )
 from quality_models.contract import documents_from_records
-from quality_models.dedup import (
-    combine_tokens,
-    dedup_stage,
-    lsh_clusters,
-    signatures,
-    word_tokens,
-)
 from quality_models.heuristics import quality_stage
 from quality_models.langid import detect_script, language_id_stage, normalize_label
 from quality_models.normalize import normalize_stage, normalize_text
@@ -88,58 +76,6 @@ def test_language_id_routes_filters_and_respects_ablation():
     cfg.language_id.enabled = False  # no_lid: declared language wins, nothing filtered in scope
     res = language_id_stage(table, cfg)
     assert res.kept["lang"].to_pylist() == ["de", "ru", "de"]
-
-
-def test_signatures_equal_datasketch_minhash():
-    cfg = DedupConfig()
-    texts = list(running_text("fr", "demo")[:20])
-    sig, has = signatures(texts, use_chars=False, config=cfg)
-    assert has.all()
-    for i, text in enumerate(texts):
-        toks = [zlib.crc32(w.encode()) for w in word_tokens(text)]
-        shingles = {tuple(toks[j : j + 5]) for j in range(max(1, len(toks) - 4))}
-        ref = MinHash(num_perm=cfg.num_perm, seed=cfg.seed, hashfunc=combine_tokens)
-        ref.update_batch(list(shingles))
-        assert np.array_equal(ref.hashvalues, sig[i])
-
-
-def test_lsh_banding_agrees_with_datasketch_lsh():
-    cfg = DedupConfig()
-    base = list(running_text("es", "demo")[:40])
-    texts = base + [t.replace(" de ", " del ", 1) for t in base[:10]]  # 10 near copies
-    sig, has = signatures(texts, False, cfg)
-    ours = lsh_clusters(sig, has, cfg)
-    lsh = MinHashLSH(num_perm=cfg.num_perm, params=(cfg.bands, cfg.rows))
-    a, b = MinHash(num_perm=cfg.num_perm, seed=cfg.seed).permutations
-    hashes = [MinHash(hashvalues=s, seed=cfg.seed, permutations=(a, b), scheme="affine32")
-              for s in sig]  # fmt: skip
-    for i, m in enumerate(hashes):
-        lsh.insert(str(i), m)
-    for i, m in enumerate(hashes):
-        candidates = {int(k) for k in lsh.query(m)}
-        assert all(ours[c] == ours[i] for c in candidates)
-    assert sum(ours[i] == ours[40 + i] for i in range(10)) >= 9
-
-
-def test_dedup_clusters_sizes_and_deterministic_representative():
-    para = running_text("de", "demo")[5]
-    words = para.split()
-    near = " ".join(words[:-1] + ["Ende."])
-    table = _docs(["zzz " + para, para, para, near, running_text("de", "demo")[6]], lang="de")
-    table = documents_from_records(
-        {**r, "doc_id": i}
-        for r, i in zip(table.to_pylist(), ["e", "b", "c", "a", "z"], strict=True)
-    )
-    cfg = DedupConfig()
-    res = dedup_stage(table, cfg, "de")
-    assert set(res.kept["doc_id"].to_pylist()) == {"a", "z"}  # lowest doc_id represents
-    rej = {r["doc_id"]: r["reason"] for r in res.rejected.to_pylist()}
-    assert rej == {"e": "near_duplicate", "b": "near_duplicate", "c": "exact_duplicate"}
-    kept = {r["doc_id"]: r for r in res.kept.to_pylist()}
-    assert kept["a"]["dup_cluster_size"] == 4 and kept["z"]["dup_cluster_size"] == 1
-    assert res.metadata["effective_threshold"] == pytest.approx((1 / 14) ** (1 / 8), abs=1e-4)
-    again = dedup_stage(table, cfg, "de")
-    assert again.kept.equals(res.kept) and again.rejected.equals(res.rejected)
 
 
 def test_quality_rules_signals_and_languages():
