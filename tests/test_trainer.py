@@ -240,3 +240,102 @@ def test_cli_under_dagster_pipes_reports_metrics_and_materialization(tmp_path):
     assert meta["messages"].value >= 4  # λ init + 3 steps + final, streamed as they happen
     cfg = json.loads((tmp_path / "pipes" / "config.json").read_text())
     assert cfg["method"]["hybrid"]["rule"] == "learned"  # the Pipes extra overrode the YAML
+
+
+# ----------------------------------------------------------------------------- issue 12 items
+def test_rehydration_weight_follows_fineweb2() -> None:
+    from training.data import rehydration_weight
+
+    table = {None: 1, 0: 1, 1: 1, 2: 2, 3: 3, 4: 3, 5: 5, 99: 5, 100: 8, 999: 8, 1000: 1, 10**6: 1}
+    assert {k: rehydration_weight(k) for k in table} == {k: float(v) for k, v in table.items()}
+    with pytest.raises(ValueError, match="non-negative integer"):
+        rehydration_weight(-2)
+
+
+def test_weighted_sampler_is_reproducible_and_follows_the_weights() -> None:
+    from training.trainer import StepSampler
+
+    weights = [0.0, 1.0, 2.0, 5.0] * 5
+    n = len(weights)
+
+    def seq(w, rank=0):
+        s = StepSampler(n, seed=3, batch_size=4, accum=2, world=2, rank=rank, weights=w)
+        return [i for step in range(400) for m in range(2) for i in s.indices(step, m)]
+
+    weighted, again = seq(weights), seq(weights)
+    assert weighted == again  # a pure function of (seed, step): resume and ranks agree
+    unit = seq(None)
+    assert weighted != unit and seq([1.0] * n) == unit == seq([2.0] * n)  # equal weights: no-op
+    assert seq(weights, rank=1) != weighted  # the ranks draw different examples
+    counts = torch.bincount(torch.tensor(weighted + seq(weights, rank=1)), minlength=n).double()
+    assert counts[0::4].sum() == 0  # weight 0: never drawn
+    share = torch.stack([counts[k::4].sum() for k in (1, 2, 3)])
+    share = share / share.sum()
+    assert share.tolist() == pytest.approx([1 / 8, 2 / 8, 5 / 8], abs=0.02)
+    with pytest.raises(ValueError, match="not all zero"):
+        StepSampler(2, 0, 1, 1, 1, 0, weights=[0.0, 0.0])
+
+
+def test_training_file_weights_change_the_sample_sequence_reproducibly(tmp_path) -> None:
+    from training.data import synthetic_classification_records
+
+    records = synthetic_classification_records(seed=0)
+    plain = tmp_path / "plain.jsonl"
+    plain.write_text("".join(json.dumps(r) + "\n" for r in records))
+    weighted = tmp_path / "weighted.jsonl"
+    rows = [dict(r, weight=[1.0, 3.0, 0.0, 8.0][i % 4]) for i, r in enumerate(records)]
+    weighted.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    kw = {"steps": 4, "method": {"name": "lora"}, "checkpoint_every": 4}
+    a = train(config(tmp_path / "a", data=str(weighted), **kw))
+    b = train(config(tmp_path / "b", data=str(weighted), **kw))
+    c = train(config(tmp_path / "c", data=str(plain), **kw))
+    assert a.final_loss == b.final_loss  # same weights, same seed: the same run
+    assert a.final_loss != c.final_loss  # the weights changed which examples were drawn
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(dict(records[0], weight=-1)) + "\n")
+    with pytest.raises(ValueError, match="weights must be finite and >= 0"):
+        train(config(tmp_path / "d", data=str(bad), **kw))
+
+
+def test_fingerprint_follows_the_data_content_not_its_path(tmp_path) -> None:
+    import hashlib
+
+    from training.data import data_version, synthetic_classification_records
+
+    body = "".join(json.dumps(r) + "\n" for r in synthetic_classification_records(seed=0))
+    first, moved = tmp_path / "root1" / "d.jsonl", tmp_path / "root2" / "d.jsonl"
+    for p in (first, moved):
+        p.parent.mkdir()
+        p.write_text(body)
+    assert data_version(first) == "sha256:" + hashlib.sha256(body.encode()).hexdigest()
+    kw = {"steps": 2, "method": {"name": "lora"}, "checkpoint_every": 2}
+    fp = config(tmp_path / "r", data=str(first), **kw).fingerprint()
+    assert config(tmp_path / "r", data=str(moved), **kw).fingerprint() == fp
+    done = train(config(tmp_path / "r", data=str(first), **kw))
+    # the data root moved: the finished run is recognised and resumed, not retrained
+    shutil.rmtree(first.parent)
+    again = train(config(tmp_path / "r", data=str(moved), **kw))
+    assert again.resumed_from == 2 and again.final_loss == done.final_loss  # not retrained
+    assert json.loads((done.run_dir / "summary.json").read_text())["data_version"] == data_version(
+        moved
+    )
+    # different data under the same path: a different fingerprint, and resume refuses it
+    moved.write_text(body.replace('"split": "train"', '"split": "dev"', 3))
+    assert config(tmp_path / "r", data=str(moved), **kw).fingerprint() != fp
+    with pytest.raises(ValueError, match="different configuration"):
+        train(config(tmp_path / "r", data=str(moved), **kw))
+
+
+@pytest.mark.parametrize("method", ["lora", "untuned"])
+def test_zero_steps_writes_a_finished_run_of_the_base_model(tmp_path, method) -> None:
+    from training.methods import METHODS
+
+    if method not in METHODS:
+        pytest.skip(f"method {method!r} is not in training.methods yet")
+    result = train(config(tmp_path / "run", steps=0, method={"name": method}))
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert summary["steps"] == 0 and summary["final_loss"] is None
+    assert summary["eval"]["dev_loss"] > 0 and 0 <= summary["eval"]["dev_accuracy"] <= 1
+    assert result.adapter_dir.is_dir() and not (result.run_dir / "checkpoints").exists()
+    lines = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r.get("event") for r in lines if r.get("event") != "lambda_init"] == ["final"]

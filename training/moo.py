@@ -843,13 +843,21 @@ def cosine_from_gram(gram: np.ndarray) -> np.ndarray:
 
 
 def group_diagnostics(
-    gram: np.ndarray, sol: Solution, langs: Sequence[str], label: str, numel: int
+    gram: np.ndarray,
+    sol: Solution,
+    langs: Sequence[str],
+    label: str,
+    numel: int,
+    params: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """JSON-ready record of one group: pairwise cosines (in ``pairs`` order), share of
-    conflicting pairs (cosine < 0), gradient norms, solver weights and raw-gradient alphas."""
+    conflicting pairs (cosine < 0), gradient norms, solver weights and raw-gradient alphas;
+    ``params``: the positions (in the trainable-parameter order) of the group's parameters."""
     cos = cosine_from_gram(gram)
     pair_cos = [float(cos[i, j]) for i, j in _pairs(langs)]
+    extra = {"params": sorted(int(i) for i in params)} if params is not None else {}
     return {
+        **extra,
         "label": label,
         "numel": int(numel),
         "cosine": [round(c, 6) for c in pair_cos],
@@ -1004,7 +1012,7 @@ def apply_language_gradients(
                 combined.add_(grads[lang][i], alpha=alpha[lang])
             _accumulate(params[i], combined)
         numel = sum(params[i].numel() for i in members)
-        records.append(group_diagnostics(gram, sol, langs, labels[gi], numel))
+        records.append(group_diagnostics(gram, sol, langs, labels[gi], numel, members))
     return {**base, **summarize_groups(records, total_gram, langs), "groups": records}
 
 

@@ -219,9 +219,8 @@ class MooHookState:
                 off, numel = offsets[pos]
                 out[off : off + numel] = alpha @ stacked[:, off : off + numel]
             numel_group = sum(offsets[pos][1] for pos in positions)
-            rec = group_diagnostics(
-                gram_np, sol, self.languages, self._label(bucket_index, members), numel_group
-            )
+            label = self._label(bucket_index, members)
+            rec = group_diagnostics(gram_np, sol, self.languages, label, numel_group, members)
             self._records.append(((bucket_index, sub), rec, gram_np))
         return out
 
@@ -245,7 +244,7 @@ class MooHookState:
                 p = self.params[idx]
                 p.grad = (alpha @ stacked[:, off : off + numel]).view_as(p).clone()
         numel = sum(self.params[i].numel() for i in all_indices)
-        rec = group_diagnostics(gram, sol, self.languages, "all", numel)
+        rec = group_diagnostics(gram, sol, self.languages, "all", numel, all_indices)
         self._records.append(((0, 0), rec, gram))
 
 
@@ -422,9 +421,8 @@ def _local_gram(
             o, n = offsets[pos]
             out[o : o + n] = alpha @ stacked[:, o : o + n]
         numel_group = sum(offsets[pos][1] for pos in positions)
-        rec = group_diagnostics(
-            gram_np, sol, state.languages, state._label(bucket_index, members), numel_group
-        )
+        label = state._label(bucket_index, members)
+        rec = group_diagnostics(gram_np, sol, state.languages, label, numel_group, members)
         state._records.append(((bucket_index, gi), rec, gram_np))
     out.div_(world)
     state.bytes_allreduced += out.numel() * out.element_size()

@@ -528,6 +528,7 @@ def _save_checkpoint(
     placement: Placement,
     dist: _Dist,
     scaler: Any = None,
+    last_loss: float | None = None,
 ) -> Path | None:
     """Write ``checkpoints/step_N`` atomically; every rank adds its own torch/CUDA RNG state
     (``rng_rank{r}.safetensors``), rank 0 the rest. Call it on every rank."""
@@ -560,6 +561,7 @@ def _save_checkpoint(
         "fingerprint": cfg.fingerprint(),
         "run_fingerprint": cfg.run_fingerprint(placement),
         "world_size": placement.world_size,
+        "last_loss": last_loss,
         "scheduler": sched.state_dict() if sched is not None else None,
         "python_rng": [py_state[0], list(py_state[1]), py_state[2]],
         "numpy_rng": [np_state[0], np_state[1].tolist(), *np_state[2:]],
@@ -939,7 +941,11 @@ def train(
     base, tokenizer, base_name = _load_base(cfg, records, run_dir, dist, load_dtype)
     base.to(device)
     if cfg.gradient_checkpointing:
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        kwargs = {"use_reentrant": False}
+        if hasattr(base, "activation_checkpointing_enable"):  # transformers' newer name
+            base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     data = prepare_task(cfg, tokenizer, records)
     data.collate.device = str(device)
     loss_fn = _make_loss(cfg, placement)
@@ -996,11 +1002,15 @@ def train(
     trainable, total = count_parameters(model)
 
     start, resumed_from = 0, None
+    last_loss = float("nan")
     ckpt = latest_checkpoint(run_dir) if cfg.resume else None
     if ckpt is not None:
         start = resumed_from = _load_checkpoint(
             ckpt, model, opt, sched, cfg, placement, dist.rank, scaler
         )
+        saved_loss = json.loads((ckpt / "state.json").read_text()).get("last_loss")
+        if saved_loss is not None:
+            last_loss = float(saved_loss)  # a finished run resumed again keeps its final loss
         if dist.main:
             _truncate_metrics(metrics_path, start)
     elif dist.main:
@@ -1033,7 +1043,6 @@ def train(
     step_times: list[float] = []
     step_tokens: list[int] = []
     peak_train_rss = rss_after_setup
-    last_loss = float("nan")
     t_interval, interval_steps = time.perf_counter(), 0
     for step in range(start, cfg.steps):
         t0 = time.perf_counter()
@@ -1147,7 +1156,9 @@ def train(
                 }
             )
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
-            _save_checkpoint(run_dir, step + 1, model, opt, sched, cfg, placement, dist, scaler)
+            _save_checkpoint(
+                run_dir, step + 1, model, opt, sched, cfg, placement, dist, scaler, last_loss
+            )
             if dist.world > 1:
                 torch.distributed.barrier()
         pbar.update(1)
