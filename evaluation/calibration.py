@@ -14,6 +14,7 @@ exactly ``n_bins`` bins, as the definition of ECE asks.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -30,6 +31,8 @@ __all__ = [
     "TemperatureResult",
     "brier_score",
     "calibration_metrics",
+    "debiased_calibration_error",
+    "equal_mass_bins",
     "expected_calibration_error",
     "fit_temperature",
     "max_calibration_error",
@@ -38,6 +41,7 @@ __all__ = [
     "scale_logits",
     "softmax_probs",
     "temperature_scaling",
+    "shrunk_temperatures",
     "temperature_scaling_per_language",
 ]
 
@@ -296,3 +300,77 @@ def temperature_scaling_per_language(
     return {
         lang: temperature_scaling(*dev[lang], *test[lang], n_bins=n_bins) for lang in sorted(test)
     }
+
+
+# --------------------------------------------------------------------------- small samples
+#
+# The plug-in ECE is biased upwards on small samples: a perfectly calibrated model scores
+# about 0.056 at 400 items and 0.22 at 24 (15 equal-width bins), so "ECE 0.07 vs 0.06" says
+# nothing. The verdicts use the debiased estimator of Kumar, Liang and Ma (2019, "Verified
+# uncertainty calibration") on equal-mass bins: per bin the squared gap minus its sampling
+# variance, ``(acc - conf)^2 - acc (1 - acc) / (n_b - 1)``, weighted by the bin's share, then
+# the square root (an L2 calibration error; 0 for a calibrated model whatever the sample size).
+
+
+def equal_mass_bins(confidence: np.ndarray, n_bins: int = N_BINS) -> np.ndarray:
+    """Bin index of each confidence for ``n_bins`` bins holding (about) the same number of
+    examples (adaptive binning); ties stay in one bin."""
+    c = np.asarray(confidence, dtype=np.float64)
+    if c.ndim != 1 or c.size == 0:
+        raise ValueError("confidence must be a non-empty 1-D array")
+    k = max(1, min(int(n_bins), c.size // 2 or 1))
+    edges = np.quantile(c, np.linspace(0, 1, k + 1)[1:-1])
+    return np.searchsorted(edges, c, side="right")
+
+
+def _debiased_ce(count: np.ndarray, conf_sum: np.ndarray, hit_sum: np.ndarray) -> np.ndarray:
+    """Debiased L2 calibration error from per-bin (weighted) counts, confidence and hit sums;
+    the last axis is the bin, leading axes are replicates."""
+    n = count.sum(axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        acc = hit_sum / count
+        conf = conf_sum / count
+        term = (acc - conf) ** 2 - acc * (1 - acc) / (count - 1)
+    term = np.where(count > 1, term, 0.0)
+    sq = np.sum(count / n * term, axis=-1)
+    return np.sqrt(np.maximum(sq, 0.0))
+
+
+def debiased_calibration_error(
+    probs: np.ndarray | Sequence, labels: np.ndarray | Sequence, n_bins: int = N_BINS
+) -> float:
+    """Debiased top-label L2 calibration error on equal-mass bins (see above)."""
+    p, y = _check(probs, labels)
+    conf = p.max(axis=1)
+    hit = (p.argmax(axis=1) == y).astype(np.float64)
+    b = equal_mass_bins(conf, n_bins)
+    k = int(b.max()) + 1
+    return float(
+        _debiased_ce(
+            np.bincount(b, minlength=k).astype(np.float64),
+            np.bincount(b, weights=conf, minlength=k),
+            np.bincount(b, weights=hit, minlength=k),
+        )
+    )
+
+
+def shrunk_temperatures(
+    dev: Mapping[str, tuple[np.ndarray, np.ndarray]], strength: float = 200.0
+) -> tuple[float, dict[str, float]]:
+    """One temperature pooled over every language's dev items, and per-language ones shrunk
+    towards it: ``log T_l = w_l log T_l,fit + (1 - w_l) log T_pool`` with
+    ``w_l = n_l / (n_l + strength)``. ``strength=inf`` gives the pooled temperature for every
+    language (a per-language fit on 20 dev items raised test Brier for 6 of 6 methods)."""
+    if not dev:
+        raise ValueError("no dev split to fit a temperature on")
+    z = np.vstack([np.asarray(v[0], dtype=np.float64) for v in dev.values()])
+    y = np.concatenate([np.asarray(v[1]) for v in dev.values()])
+    pooled = fit_temperature(z, y)
+    if math.isinf(strength):
+        return pooled, {lang: pooled for lang in dev}
+    out = {}
+    for lang, (zl, yl) in dev.items():
+        n = len(yl)
+        w = n / (n + strength)
+        out[lang] = float(np.exp(w * np.log(fit_temperature(zl, yl)) + (1 - w) * np.log(pooled)))
+    return pooled, out

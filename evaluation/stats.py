@@ -395,7 +395,10 @@ def seed_variance(x: np.ndarray) -> SeedVariance:
     row, col, grand = x.mean(axis=1), x.mean(axis=0), x.mean()
     resid = x - row[:, None] - col[None, :] + grand
     ms_res = float(np.sum(resid**2)) / ((s - 1) * (n - 1))
-    return SeedVariance(float(row.var(ddof=1)), float(s - 1), ms_res)
+    # E[Var_s(run means)] = sigma_b^2 + sigma_e^2 / n >= MS_res / n: two seeds whose means tie
+    # exactly (0/1 scores on few items) would otherwise claim a zero standard error
+    var = float(row.var(ddof=1))
+    return SeedVariance(var if var > 0 else ms_res / n, float(s - 1), ms_res)
 
 
 def _satterthwaite(parts: Sequence[tuple[float, float]]) -> float:

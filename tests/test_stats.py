@@ -209,7 +209,7 @@ def test_contrast_test_is_more_powerful_than_the_two_way_bootstrap():
 
 
 def test_contrast_by_hand_and_seed_matching_cancels_shared_seed_effects():
-    x = np.array([[1.0, 0.0, 1.0, 1.0], [1.0, 1.0, 0.0, 1.0]])
+    x = np.array([[1.0, 0.0, 1.0, 1.0], [1.0, 1.0, 0.0, 0.0]])
     c = mean_ci(x)
     assert c.estimate == pytest.approx(x.mean())
     sv = seed_variance(x)
