@@ -339,3 +339,35 @@ def test_zero_steps_writes_a_finished_run_of_the_base_model(tmp_path, method) ->
     assert result.adapter_dir.is_dir() and not (result.run_dir / "checkpoints").exists()
     lines = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r.get("event") for r in lines if r.get("event") != "lambda_init"] == ["final"]
+
+
+def test_moo_solves_once_per_accumulated_step(tmp_path) -> None:
+    """The MOO objective is each language's loss over the whole step: 2 micro-batches of 4 give
+    the run of one batch of 8, and the one-backward capture gives the split sub-batches' run."""
+    kw = {"steps": 3, "moo": "mgda", "method": {"name": "lora", "dropout": 0.0}, "lr": 5e-2}
+    runs = {
+        "big": train(config(tmp_path / "big", batch_size=8, moo_gradients="split", **kw)),
+        "accum": train(
+            config(tmp_path / "acc", batch_size=4, grad_accum=2, moo_gradients="split", **kw)
+        ),
+        "capture": train(
+            config(tmp_path / "cap", batch_size=4, grad_accum=2, moo_gradients="capture", **kw)
+        ),
+    }
+
+    def moo(run):
+        lines = (run.run_dir / "metrics.jsonl").read_text().splitlines()
+        return [json.loads(x)["moo"] for x in lines if "moo" in json.loads(x)]
+
+    ref = moo(runs["big"])
+    assert len(ref) == 3 and ref[0]["gradients"] == "split" and ref[0]["world_size"] == 1
+    for name in ("accum", "capture"):
+        got = moo(runs[name])
+        assert len(got) == 3  # one solve per optimiser step, not per micro-batch
+        assert got[0]["gradients"] == ("capture" if name == "capture" else "split")
+        for a, b in zip(got, ref, strict=True):
+            assert a["languages"] == b["languages"]
+            assert a["losses"] == pytest.approx(b["losses"], rel=1e-5)
+            for ga, gb in zip(a["groups"], b["groups"], strict=True):
+                assert ga["alpha"] == pytest.approx(gb["alpha"], abs=1e-4)
+        assert runs[name].final_loss == pytest.approx(runs["big"].final_loss, rel=1e-5)
