@@ -1,5 +1,7 @@
 """The curated per-language datasets: Parquet that ``datasets`` loads, with a dataset card."""
 
+import hashlib
+
 import dagster as dg
 import pyarrow.compute as pc
 
@@ -9,23 +11,26 @@ from quality_models.contract import (
     write_parquet_atomic,
     write_text_atomic,
 )
+from quality_models.storage import NotPublished, read_published
 
 from .partitions import variant_and_lang, variant_language_partitions
 from .quality import quality_scored
 from .resources import GovtuneHome
-from .stage_io import REFRESH_CONDITION, data_version
+from .stage_io import REFRESH_CONDITION, read_stage
+
+CURATED_CHECK = "matches_quality_scored"
 
 
 @dg.asset(
     group_name="governance",
-    code_version="1",
+    code_version="2",
     automation_condition=REFRESH_CONDITION,
     deps=[quality_scored],
     partitions_def=variant_language_partitions,
-    kinds={"parquet", "huggingface"},
+    kinds={"parquet"},
     check_specs=[
         dg.AssetCheckSpec(
-            "matches_quality_scored",
+            CURATED_CHECK,
             asset="curated",
             blocking=True,
             description="the curated file holds exactly the rows quality_scored kept (on disk)",
@@ -33,36 +38,21 @@ from .stage_io import REFRESH_CONDITION, data_version
     ],
 )
 def curated(context: dg.AssetExecutionContext, home: GovtuneHome):
-    """``curated/<variant>/<lang>.parquet`` plus ``<lang>.md``: counts, settings, rejections."""
+    """`curated/<variant>/<lang>.parquet` plus `<lang>.md`: counts, settings, rejections. Pass-
+    through columns of the sources (a task's label, group, split) are kept."""
     variant, lang = variant_and_lang(context)
-    table = read_parquet(home.stage_file(variant, "quality_scored", lang))
+    upstream = read_stage(home, variant, "quality_scored", lang)
+    table = upstream.kept()
     path = write_parquet_atomic(table, home.curated_dir(variant) / f"{lang}.parquet")
-    stages = []
-    for stage_dir, name in (("language_id", "all"), ("dedup", lang), ("quality", lang)):
-        ledger = home.ledger_file(variant, stage_dir, name)
-        if ledger.is_file():
-            rej = read_parquet(ledger)
-            if name == "all":
-                rej = rej.filter(pc.equal(rej.column("lang"), lang))
-            stages += [f"| {stage_dir} | {k} | {v} |" for k, v in reason_counts(rej).items()]
-    card = "\n".join(
-        [
-            f"# govtune curated `{lang}` (variant `{variant}`)",
-            "",
-            f"{table.num_rows} documents. Load with "
-            f"`datasets.load_dataset('parquet', data_files='{path}')`.",
-            "",
-            "| stage | reason | rejected |",
-            "|---|---|---:|",
-            *stages,
-        ]
-    )
+    card = dataset_card(home, variant, lang, table.num_rows, str(path))
     write_text_atomic(card + "\n", path.with_suffix(".md"))
     buckets: dict[str, int] = {}
-    for b in table.column("quality_bucket").to_pylist():
-        buckets[str(b)] = buckets.get(str(b), 0) + 1
+    if "quality_bucket" in table.column_names:
+        for b in table.column("quality_bucket").to_pylist():
+            buckets[str(b)] = buckets.get(str(b), 0) + 1
+    digest = hashlib.sha1(path.read_bytes() + path.with_suffix(".md").read_bytes()).hexdigest()
     yield dg.MaterializeResult(
-        data_version=data_version(path, path.with_suffix(".md")),
+        data_version=dg.DataVersion(digest[:16]),
         metadata={
             "documents": table.num_rows,
             "dagster/row_count": table.num_rows,
@@ -71,10 +61,40 @@ def curated(context: dg.AssetExecutionContext, home: GovtuneHome):
             "card": dg.MetadataValue.md(card),
         },
     )
-    kept = read_parquet(home.stage_file(variant, "quality_scored", lang)).num_rows
-    written = read_parquet(path).num_rows
+    written = read_parquet(path)
+    same = written.num_rows == upstream.kept_rows() and (
+        written.column("doc_id").to_pylist() == table.column("doc_id").to_pylist()
+    )
     yield dg.AssetCheckResult(
-        check_name="matches_quality_scored",
-        passed=kept == written,
-        metadata={"quality_scored_kept": kept, "curated_rows": written},
+        check_name=CURATED_CHECK,
+        passed=same,
+        metadata={"quality_scored_kept": upstream.kept_rows(), "curated_rows": written.num_rows},
+    )
+
+
+def dataset_card(home: GovtuneHome, variant: str, lang: str, rows: int, path: str) -> str:
+    """The card: how many documents, how to load them, and what each stage removed."""
+    stages = []
+    for stage, name, label in (
+        ("language_id", "all", "language_id"),
+        ("deduplicated", lang, "dedup"),
+        ("quality_scored", lang, "quality"),
+    ):
+        try:
+            rej = read_published(home.stage_dir(variant, stage, name)).rejected()
+        except NotPublished:
+            continue
+        if name == "all" and rej.num_rows:
+            rej = rej.filter(pc.equal(rej.column("lang"), lang))
+        stages += [f"| {label} | {k} | {v} |" for k, v in reason_counts(rej).items()]
+    return "\n".join(
+        [
+            f"# govtune curated `{lang}` (variant `{variant}`)",
+            "",
+            f"{rows} documents. Load with `datasets.load_dataset('parquet', data_files='{path}')`.",
+            "",
+            "| stage | reason | rejected |",
+            "|---|---|---:|",
+            *stages,
+        ]
     )

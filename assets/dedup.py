@@ -11,7 +11,7 @@ from .stage_io import (
     GovernanceSettings,
     finish_stage,
     governance_stage,
-    read_rows,
+    read_stage,
 )
 
 
@@ -23,10 +23,9 @@ from .stage_io import (
 )
 def deduplicated(context: dg.AssetExecutionContext, home: GovtuneHome,
                  governance: GovernanceSettings):  # fmt: skip
-    """One document per exact/near-duplicate cluster (``rehydrate`` keeps all, labelled)."""
+    """One kept representative per exact/near-duplicate cluster, with its cluster size (the
+    ``rehydrate`` arm up-weights by it in training); every removal names a kept document."""
     variant, lang = variant_and_lang(context)
-    table = read_rows(home.stage_file(variant, "language_id", "all"), lang)
+    table = read_stage(home, variant, "language_id", "all").kept(lang)
     result = dedup_or_skip(table, governance.load(variant), lang, variant)
-    kept_path = home.stage_file(variant, "deduplicated", lang)
-    ledger_path = home.ledger_file(variant, "dedup", lang)
-    yield from finish_stage(result, table.num_rows, kept_path, ledger_path)
+    yield from finish_stage(result, table.num_rows, home.stage_dir(variant, "deduplicated", lang))

@@ -1,15 +1,17 @@
 """Raw inputs: the bundled demo corpus (built from shipped text), and the ingest of each source.
 
 ``raw_documents`` is partitioned by source (a dynamic partition per input): ``demo`` is the
-bundled corpus, and every file dropped into ``<data root>/inbox/`` becomes its own partition
-(the inbox sensor adds it), so a new file is ingested alone and appears as its own run.
+bundled corpus, ``task_pool`` the training side of the gettext task (written by the
+``task_pool`` asset, with its label/group/split columns, which travel through every stage), and
+every file dropped into ``<data root>/inbox/`` becomes its own partition (the inbox sensor adds
+it), so a new file is ingested alone and appears as its own run.
 """
 
 import dagster as dg
 import pyarrow.parquet as pq
 
 from quality_models.contract import reason_counts
-from quality_models.demo_corpus import build_demo_corpus
+from quality_models.demo_corpus import DEMO_NAMESPACE, build_demo_corpus
 from quality_models.sources import ingest_sources
 
 from .resources import GovtuneHome
@@ -19,7 +21,8 @@ from .stage_io import (
     governance_stage,
 )
 
-DEMO_SOURCE = "demo"
+DEMO_SOURCE = DEMO_NAMESPACE
+TASK_POOL_SOURCE = "task_pool"
 source_partitions = dg.DynamicPartitionsDefinition(name="sources")
 
 
@@ -44,16 +47,24 @@ def demo_corpus(config: DemoCorpusConfig, home: GovtuneHome) -> dg.MaterializeRe
     )
 
 
+def source_namespace(source: str) -> str:
+    """The prefix of every ``source`` (and so of every id) of a source partition: the built-in
+    sources are named after themselves, inbox files after the inbox they were dropped into."""
+    return source if source in (DEMO_SOURCE, TASK_POOL_SOURCE) else "inbox"
+
+
 def source_input(home: GovtuneHome, source: str) -> str:
     """The file or folder behind a source partition key."""
     if source == DEMO_SOURCE:
         return str(home.path("raw", "demo", "sources"))
+    if source == TASK_POOL_SOURCE:
+        return str(home.path("raw", "task_pool"))
     return str(home.path("inbox", source))
 
 
 @governance_stage(
     "raw_documents",
-    deps=[demo_corpus],
+    deps=[demo_corpus, dg.AssetKey("task_pool")],
     kinds={"parquet"},
     partitions_def=source_partitions,
     refresh=False,
@@ -61,16 +72,16 @@ def source_input(home: GovtuneHome, source: str) -> str:
 def raw_documents(
     context: dg.AssetExecutionContext, home: GovtuneHome, governance: GovernanceSettings
 ):
-    """One source's records with a stable ``doc_id``; unusable records are quarantined."""
+    """One source's records with a stable ``doc_id`` (its path relative to the source's
+    folder + position, namespaced by the source key); unusable records are quarantined."""
     source = context.partition_key
-    result = ingest_sources([source_input(home, source)], governance.load().ingest)
-    kept_path = home.stage_file("all", "raw_documents", source)
-    ledger_path = home.ledger_file("all", "ingest", source)
+    result = ingest_sources(
+        [source_input(home, source)], governance.load().ingest, namespace=source_namespace(source)
+    )
     yield from finish_stage(
         result,
         result.n_in,
-        kept_path,
-        ledger_path,
+        home.stage_dir("all", "raw_documents", source),
         sources=result.metadata["sources"],
         quarantined=reason_counts(result.rejected),
     )

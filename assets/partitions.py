@@ -1,29 +1,24 @@
-"""Partitions: languages (from configuration) and governance variants (the ablation arms).
+"""Partitions: languages (found by the language-ID stage), governance variants (the ablation
+arms) and experiment runs.
 
-Per-language stages are partitioned by ``variant x lang`` so every ablation arm of every language
-is its own materialisation in the UI. ``GOVTUNE_LANGUAGES`` (comma-separated) overrides the demo
-languages.
+Languages come from one source of truth: the governance config decides the scope (by default
+every language the LID model can emit) and the ``language_id`` stage registers a ``languages``
+partition for every language it keeps a document in. No second list exists, so a document can
+never sit in a language that has no partition. Per-language stages are partitioned by
+``variant x lang`` so every ablation arm of every language is its own materialisation.
 """
-
-import os
 
 import dagster as dg
 
-from quality_models.config import DEMO_LANGUAGES
 from quality_models.pipeline import VARIANTS
 
-
-def configured_languages() -> list[str]:
-    env = os.environ.get("GOVTUNE_LANGUAGES")
-    return [x.strip() for x in env.split(",") if x.strip()] if env else list(DEMO_LANGUAGES)
-
-
-LANGUAGES = configured_languages()
-language_partitions = dg.StaticPartitionsDefinition(LANGUAGES)
+language_partitions = dg.DynamicPartitionsDefinition(name="languages")
 variant_partitions = dg.StaticPartitionsDefinition(list(VARIANTS))
 variant_language_partitions = dg.MultiPartitionsDefinition(
     {"variant": variant_partitions, "lang": language_partitions}
 )
+# every language partition of one variant (curated[variant|*] -> ledger/classification_train)
+PER_VARIANT = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="variant")
 
 
 def variant_and_lang(context: dg.AssetExecutionContext) -> tuple[str, str]:
@@ -38,7 +33,7 @@ def multi_key(variant: str, lang: str) -> dg.MultiPartitionKey:
 # Experiment runs: the fine-tuning method x training seed, on classification or (``mt-``)
 # translation. With the governance variant they form the second partitioned grid, so every
 # (arm, method, seed) model is its own materialisation.
-METHODS = ("lora", "lora_ga", "boft", "oft", "hybrid", "hybrid_unitary", "full")
+METHODS = ("lora", "lora_ga", "boft", "oft", "hybrid", "hybrid_unitary", "full", "untuned")
 SEEDS = (0, 1, 2)
 RUN_KEYS = [f"{p}{m}-s{s}" for p in ("", "mt-") for m in METHODS for s in SEEDS]
 run_partitions = dg.StaticPartitionsDefinition(RUN_KEYS)

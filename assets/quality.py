@@ -14,7 +14,7 @@ from .stage_io import (
     GovernanceSettings,
     finish_stage,
     governance_stage,
-    read_rows,
+    read_stage,
 )
 
 
@@ -29,7 +29,7 @@ def quality_scored(context: dg.AssetExecutionContext, home: GovtuneHome,
     """Documents that pass the heuristic rules, with perplexity and head/middle/tail bucket."""
     variant, lang = variant_and_lang(context)
     config = governance.load(variant)
-    table = read_rows(home.stage_file(variant, "deduplicated", lang))
+    table = read_stage(home, variant, "deduplicated", lang).kept()
     rules = quality_or_skip(table, config)
     model = model_for(home, lang)
     models = {lang: model} if model else None
@@ -39,8 +39,9 @@ def quality_scored(context: dg.AssetExecutionContext, home: GovtuneHome,
         pa.concat_tables([rules.rejected, ppl.rejected]),
         {"rules": rules.metadata, "perplexity": ppl.metadata},
     )
-    kept_path = home.stage_file(variant, "quality_scored", lang)
-    ledger_path = home.ledger_file(variant, "quality", lang)
     yield from finish_stage(
-        combined, table.num_rows, kept_path, ledger_path, kenlm_model=model or "none"
+        combined,
+        table.num_rows,
+        home.stage_dir(variant, "quality_scored", lang),
+        kenlm_model=model or "none",
     )

@@ -18,11 +18,15 @@ class GovtuneHome(dg.ConfigurableResource):
     def path(self, *parts: str) -> Path:
         return Path(self.root).joinpath(*parts)
 
-    def stage_file(self, variant: str, stage: str, name: str) -> Path:
-        return self.path("stages", variant, stage, f"{name}.parquet")
+    def stage_dir(self, variant: str, stage: str, name: str) -> Path:
+        """A stage's published output for one partition: kept + ledger files and the manifest
+        that publishes them together (``quality_models.storage``)."""
+        return self.path("stages", variant, stage, name)
 
-    def ledger_file(self, variant: str, stage: str, name: str) -> Path:
-        return self.path("rejected", variant, stage, f"{name}.parquet")
+    def ledger_file(self, variant: str) -> Path:
+        """Every ledger row of one governance variant, all stages together (the ``ledger``
+        asset writes it; the rows themselves live with each stage's published output)."""
+        return self.path("rejected", f"{variant}.parquet")
 
     def curated_dir(self, variant: str) -> Path:
         return self.path("curated", variant)

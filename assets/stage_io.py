@@ -1,31 +1,36 @@
-"""What every governance asset does around its library call: read the upstream stage file,
-write kept rows and ledger rows atomically, report metadata, and check the ledger invariant
-(``input = kept + rejected``) from the files on disk as a blocking asset check."""
+"""What every governance asset does around its library call: read the upstream stage's
+*published* output, publish kept rows and ledger rows together (``quality_models.storage``),
+report metadata, and check the ledger invariant (``input = kept + rejected``) from the files on
+disk as a blocking asset check."""
 
-import hashlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 import pyarrow as pa
-import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from quality_models.config import GovernanceConfig, load_governance_config
-from quality_models.contract import StageResult, read_parquet, reason_counts, write_parquet_atomic
+from quality_models.contract import StageResult, reason_counts
 from quality_models.pipeline import variant_config
+from quality_models.storage import NotPublished, Published, publish, read_published
+
+from .resources import GovtuneHome
 
 LEDGER_CHECK = "ledger_balances"
 
-# What a scheduled refresh re-materialises downstream: every partition that exists and whose
-# inputs now carry another data version. A refresh that re-ingests unchanged data changes no
-# data version, so nothing downstream is recomputed; the UI marks stale what did change.
+# What automation (the ``governance_refresh`` sensor) re-materialises: every partition that
+# exists, whose inputs now carry another data version, and whose upstream blocking checks all
+# passed — a failed check stops the refresh from running past it. A refresh that re-ingests
+# unchanged data changes no data version, so nothing downstream is recomputed.
 REFRESH_CONDITION = (
     ~dg.AutomationCondition.missing()
     & dg.AutomationCondition.any_deps_match(dg.AutomationCondition.data_version_changed())
+    & dg.AutomationCondition.all_deps_blocking_checks_passed()
     & ~dg.AutomationCondition.any_deps_in_progress()
     & ~dg.AutomationCondition.in_progress()
-).with_label("inputs_changed")
+).with_label("inputs_changed_and_checks_passed")
 
 
 class GovernanceSettings(dg.ConfigurableResource):
@@ -42,15 +47,16 @@ def ledger_check_spec(asset: str) -> dg.AssetCheckSpec:
         LEDGER_CHECK,
         asset=asset,
         blocking=True,
-        description="input = kept + rejected, counted from the files on disk",
+        description="input = kept + rejected, counted from the published files on disk",
     )
 
 
-def read_rows(path: Path, lang: str | None = None) -> pa.Table:
-    table = read_parquet(path)
-    if lang is not None:
-        table = table.filter(pc.equal(table.column("lang"), lang))
-    return table
+def read_stage(home: GovtuneHome, variant: str, stage: str, name: str) -> Published:
+    """An upstream stage's published output, or a clear failure naming the missing partition."""
+    try:
+        return read_published(home.stage_dir(variant, stage, name), f"{stage}[{variant}|{name}]")
+    except NotPublished as exc:
+        raise dg.Failure(f"{exc}: materialise it first") from None
 
 
 def governance_stage(
@@ -66,7 +72,7 @@ def governance_stage(
     return dg.asset(
         name=name,
         group_name="governance",
-        code_version="1",
+        code_version="2",
         automation_condition=REFRESH_CONDITION if refresh else None,
         deps=deps,
         partitions_def=partitions_def,
@@ -75,39 +81,36 @@ def governance_stage(
     )
 
 
-def write_stage(result: StageResult, kept_path: Path, ledger_path: Path) -> None:
-    write_parquet_atomic(result.kept, kept_path)
-    write_parquet_atomic(result.rejected, ledger_path)
-
-
 def finish_stage(
-    result: StageResult, input_rows: int, kept_path: Path, ledger_path: Path, **extra: Any
+    result: StageResult,
+    input_rows: int,
+    folder: Path,
+    kept: pa.Table | Mapping[str, pa.Table] | None = None,
+    **extra: Any,
 ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
-    """Write kept and ledger rows, then yield the materialisation (content-hash data version,
-    metadata) and the ledger check counted from the files on disk."""
-    write_stage(result, kept_path, ledger_path)
-    yield dg.MaterializeResult(
-        data_version=data_version(kept_path, ledger_path),
-        metadata=stage_metadata(result, kept_path, **extra),
+    """Publish kept and ledger rows together, then yield the materialisation (content-hash data
+    version, metadata) and the ledger check counted from the published files."""
+    pub = publish(
+        folder, result.kept if kept is None else kept, result.rejected, input_rows=input_rows
     )
-    yield ledger_check(input_rows, kept_path, ledger_path)
+    yield dg.MaterializeResult(
+        data_version=dg.DataVersion(pub.data_version),
+        metadata=stage_metadata(result, pub, **extra),
+    )
+    yield ledger_check(pub)
 
 
-def data_version(*paths: Path) -> dg.DataVersion:
-    """The content hash of a stage's output files (our Parquet writes are byte-reproducible)."""
-    digest = hashlib.sha1()
-    for path in paths:
-        digest.update(path.read_bytes())
-    return dg.DataVersion(digest.hexdigest()[:16])
-
-
-def ledger_check(input_rows: int, kept_path: Path, ledger_path: Path) -> dg.AssetCheckResult:
-    kept = read_parquet(kept_path).num_rows
-    rejected = read_parquet(ledger_path).num_rows
+def ledger_check(pub: Published) -> dg.AssetCheckResult:
+    """``input = kept + rejected``, with the row counts read from the Parquet files themselves
+    (not from the manifest's own numbers)."""
+    kept = sum(
+        pq.read_metadata(pub.folder / f["file"]).num_rows for f in pub.manifest["kept"].values()
+    )
+    rejected = pq.read_metadata(pub.folder / pub.manifest["rejected"]["file"]).num_rows
     return dg.AssetCheckResult(
         check_name=LEDGER_CHECK,
-        passed=input_rows == kept + rejected,
-        metadata={"input": input_rows, "kept": kept, "rejected": rejected},
+        passed=pub.manifest["input"] == kept + rejected,
+        metadata={"input": pub.manifest["input"], "kept": kept, "rejected": rejected},
     )
 
 
@@ -117,14 +120,14 @@ def _md_table(rows: dict[str, Any], key: str, value: str) -> str:
     return "\n".join(lines)
 
 
-def stage_metadata(result: StageResult, path: Path, **extra: Any) -> dict[str, Any]:
+def stage_metadata(result: StageResult, pub: Published, **extra: Any) -> dict[str, Any]:
     s = result.summary()
     meta: dict[str, Any] = {
         "input": s["input"],
         "kept": s["kept"],
         "rejected": s["rejected"],
         "keep_rate": dg.MetadataValue.float(float(s["keep_rate"])),
-        "path": dg.MetadataValue.path(str(path)),
+        "path": dg.MetadataValue.path(str(pub.folder)),
         "rejection_reasons": dg.MetadataValue.md(
             _md_table(reason_counts(result.rejected), "reason", "documents")
             if result.rejected.num_rows

@@ -3,33 +3,30 @@ translation tasks (split without leakage, decontaminated), and the governed trai
 each governance variant."""
 
 import json
+from pathlib import Path
 
 import dagster as dg
+import pyarrow as pa
 import pyarrow.compute as pc
 
-from quality_models.config import governance_config_from_dict
-from quality_models.contract import (
-    StageResult,
-    empty_rejected,
-    read_parquet,
-    reason_counts,
-    write_parquet_atomic,
-)
-from quality_models.pipeline import curate, variant_config
+from quality_models.contract import read_parquet, reason_counts, write_parquet_atomic
+from quality_models.storage import concat_tables
 from training.gettext_corpus import build_parallel_corpus, write_parallel_corpus
 from training.tasks import (
     DEFAULT_LANGUAGES,
     LexicalBaseline,
     TaskConfig,
     build_tasks,
-    classification_documents,
-    governed_training_records,
-    pool_flag_report,
+    eval_texts_of,
+    flag_report,
+    pool_source_table,
+    training_records_from_curated,
     write_tasks,
 )
 
-from .partitions import variant_partitions
+from .partitions import PER_VARIANT, variant_partitions
 from .resources import GovtuneHome
+from .stage_io import REFRESH_CONDITION
 
 TASK_LANGUAGES = ["en", *DEFAULT_LANGUAGES]
 task_language_partitions = dg.StaticPartitionsDefinition(TASK_LANGUAGES)
@@ -158,36 +155,142 @@ def translation_task(context: dg.AssetExecutionContext, home: GovtuneHome):
     )
 
 
+@dg.asset(group_name="task_data", code_version="1", deps=[task_splits], kinds={"parquet"})
+def task_pool(context: dg.AssetExecutionContext, home: GovtuneHome) -> dg.MaterializeResult:
+    """The task's raw training side, problems included, as the `task_pool` source of
+    `raw_documents`: it is governed by the same stages as every corpus. Its `label`, `key`,
+    `group`, `split` and `flag` columns travel through the stages untouched."""
+    from .ingest import TASK_POOL_SOURCE, source_partitions
+
+    task = built_task_parts(home)
+    table = pool_source_table(task)
+    path = write_parquet_atomic(table, home.path("raw", TASK_POOL_SOURCE, "pool.parquet"))
+    if not context.instance.has_dynamic_partition(source_partitions.name, TASK_POOL_SOURCE):
+        context.instance.add_dynamic_partitions(source_partitions.name, [TASK_POOL_SOURCE])
+    return dg.MaterializeResult(
+        metadata={
+            "documents": table.num_rows,
+            "dagster/row_count": table.num_rows,
+            "per_language_label": dg.MetadataValue.json(_counts(table, "lang", "label")),
+            "builder_flags": dg.MetadataValue.json(_counts(table, "flag")),
+            "path": dg.MetadataValue.path(str(path)),
+        }
+    )
+
+
+def built_task_parts(home: GovtuneHome):
+    """The parts of the built task that `pool_source_table` reads (pool and splits), read back
+    from what `task_splits` wrote."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(
+        pool=read_parquet(home.path("tasks", "train_pool.parquet")),
+        splits=read_parquet(home.path("tasks", "splits.parquet")),
+    )
+
+
+def task_pool_languages(home: GovtuneHome) -> list[str]:
+    """The languages the task pool declares (the task's languages, English included)."""
+    pool = read_parquet(home.path("raw", "task_pool", "pool.parquet"))
+    return sorted(pc.unique(pool.column("lang")).to_pylist())
+
+
+def curated_task_rows(home: GovtuneHome, variant: str) -> pa.Table:
+    """The variant's curated rows that came from the task pool, in every task language."""
+    from .ingest import TASK_POOL_SOURCE
+
+    tables = []
+    for lang in task_pool_languages(home):
+        path = home.curated_dir(variant) / f"{lang}.parquet"
+        if not path.is_file():
+            raise dg.Failure(f"curated[{variant}|{lang}] is not materialised: run governance first")
+        table = read_parquet(path)
+        if "label" not in table.column_names:
+            raise dg.Failure(
+                f"curated[{variant}|{lang}] holds no task-pool rows: materialise "
+                "raw_documents[task_pool] and the stages after it"
+            )
+        prefix = f"{TASK_POOL_SOURCE}:"
+        tables.append(table.filter(pc.starts_with(table.column("source"), prefix)))
+    return concat_tables(tables)
+
+
 @dg.asset(
     group_name="task_data",
-    code_version="1",
-    deps=[task_splits],
+    code_version="2",
+    deps=[
+        task_splits,
+        dg.AssetDep("curated", partition_mapping=PER_VARIANT),
+        "ledger",
+    ],
     partitions_def=variant_partitions,
     kinds={"parquet"},
+    automation_condition=REFRESH_CONDITION,
 )
 def classification_train(
     context: dg.AssetExecutionContext, home: GovtuneHome, config: TaskSettings
 ) -> dg.MaterializeResult:
-    """The training side through the governance variant's stages (LID, dedup, rules), then
-    decontaminated against every evaluation item and balanced per (language, domain)."""
+    """The training side of one governance variant: exactly the rows its `curated` assets hold
+    from the task pool, decontaminated against every evaluation item and balanced per
+    (language, label). The `rehydrate` arm carries FineWeb-2's up-weighting by duplicate-cluster
+    size as a `weight` column. Writes `tasks/train/<variant>/train.parquet` and the trainer's
+    file (train + the shared dev/test items) `trainer_data.parquet`."""
+    from training.data import rehydration_weight
+
     variant = context.partition_key
-    task = _build(home, config)
-    gov = variant_config(governance_config_from_dict({"languages": TASK_LANGUAGES}), variant)
-    raw = StageResult(classification_documents(task), empty_rejected())  # already contract rows
-    result = curate(raw, gov, None, variant=variant, workers=1)
-    records, decon = governed_training_records(task, result.curated)
-    path = write_parquet_atomic(records, home.path("tasks", "train", f"{variant}.parquet"))
-    ledger = result.rejected.combine_chunks()
-    write_parquet_atomic(ledger, home.path("tasks", "train", f"{variant}_rejected.parquet"))
-    return dg.MaterializeResult(
-        metadata={
-            "pool_documents": raw.kept.num_rows,
-            "kept_by_governance": sum(t.num_rows for t in result.curated.values()),
-            "contamination_removed": decon.rejected.num_rows,
-            "train_records": records.num_rows,
-            "dagster/row_count": records.num_rows,
-            "removed_by_stage_and_flag": dg.MetadataValue.json(pool_flag_report(task, ledger)),
-            "per_language_label": dg.MetadataValue.json(_counts(records, "lang", "label")),
-            "path": dg.MetadataValue.path(str(path)),
-        }
+    rows = curated_task_rows(home, variant)
+    cls = read_parquet(home.path("tasks", "classification.parquet"))
+    mt = read_parquet(home.path("tasks", "translation.parquet"))
+    weight_of = rehydration_weight if variant == "rehydrate" else None
+    task_config = _task_config(config)
+    task_config.domains = tuple(sorted(pc.unique(cls.column("label")).to_pylist()))
+    made = training_records_from_curated(
+        rows, eval_texts_of(cls, mt), task_config, weight_of=weight_of
     )
+    out = home.path("tasks", "train", variant)
+    write_parquet_atomic(made.records, out / "train.parquet")
+    write_parquet_atomic(made.decontamination.rejected, out / "rejected.parquet")
+    evals = cls.filter(pc.is_in(cls.column("split"), pa.array(["dev", "test"])))
+    evals = evals.append_column("weight", pa.array([1.0] * evals.num_rows, pa.float32()))
+    trainer = write_parquet_atomic(
+        pa.concat_tables([made.records, evals.select(made.records.column_names)]),
+        out / "trainer_data.parquet",
+    )
+    version = file_version(trainer)
+    ledger = read_parquet(home.ledger_file(variant))
+    flags = dict(zip(*(home_pool_flags(home)), strict=True))
+    weights = made.records.column("weight").to_pylist()
+    return dg.MaterializeResult(
+        data_version=dg.DataVersion(version),
+        metadata={
+            "curated_task_rows": made.curated_rows,
+            "contamination_removed": made.decontamination.rejected.num_rows,
+            "balanced_out": made.balanced_out,
+            "train_records": made.records.num_rows,
+            "dagster/row_count": made.records.num_rows,
+            "weighted": weight_of is not None,
+            "mean_weight": round(sum(weights) / max(len(weights), 1), 4),
+            "removed_by_stage_and_flag": dg.MetadataValue.json(flag_report(flags, ledger)),
+            "per_language_label": dg.MetadataValue.json(_counts(made.records, "lang", "label")),
+            "path": dg.MetadataValue.path(str(trainer)),
+            "data_version": version,
+        },
+    )
+
+
+def file_version(path) -> str:
+    """The content hash of a file: the data version of what a model trains on."""
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def home_pool_flags(home: GovtuneHome) -> tuple[list[str], list[str]]:
+    """(doc_id, builder flag) of every ingested task-pool document."""
+    from quality_models.storage import read_published
+
+    from .ingest import TASK_POOL_SOURCE
+
+    pub = read_published(home.stage_dir("all", "raw_documents", TASK_POOL_SOURCE))
+    table = pub.kept().select(["doc_id", "flag"])
+    return table.column("doc_id").to_pylist(), table.column("flag").to_pylist()

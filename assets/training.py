@@ -8,13 +8,10 @@ import json
 import sys
 
 import dagster as dg
-import pyarrow as pa
-import pyarrow.compute as pc
-
-from quality_models.contract import read_parquet, write_parquet_atomic
 
 from .partitions import parse_run_key, variant_run_partitions
 from .resources import GovtuneHome
+from .tasks import file_version
 
 
 class BaseModelConfig(dg.Config):
@@ -70,12 +67,14 @@ def run_dir_for(home: GovtuneHome, experiment: str, variant: str, run: str):
     return home.path("runs", experiment, variant, run)
 
 
-def training_records(home: GovtuneHome, variant: str) -> pa.Table:
-    """The variant's governed train split plus the shared dev and test splits."""
-    train = read_parquet(home.path("tasks", "train", f"{variant}.parquet"))
-    every = read_parquet(home.path("tasks", "classification.parquet"))
-    evals = every.filter(pc.is_in(every.column("split"), pa.array(["dev", "test"])))
-    return pa.concat_tables([train.select(evals.column_names), evals])
+def trainer_data(home: GovtuneHome, variant: str):
+    """The file `classification_train[variant]` wrote for the trainer: the variant's governed
+    train split plus the shared dev and test items (one file per variant, not per run: the
+    trainer's fingerprint hashes its content, so the path does not matter)."""
+    path = home.path("tasks", "train", variant, "trainer_data.parquet")
+    if not path.is_file():
+        raise dg.Failure(f"classification_train[{variant}] is not materialised ({path} missing)")
+    return path
 
 
 def train_config(config: FinetuneConfig, task: str, method: str, seed: int, run_dir, data, model):
@@ -137,16 +136,18 @@ def finetune(
     task, method, seed = parse_run_key(run)
     run_dir = run_dir_for(home, config.experiment, variant, run)
     if task == "classification":
-        data = run_dir / "data.parquet"
-        if not data.is_file():
-            write_parquet_atomic(training_records(home, variant), data)
+        data = trainer_data(home, variant)
+        trained_on = {"trained_on": f"classification_train[{variant}]"}
     else:
         data = home.path("tasks", "translation.parquet")
+        trained_on = {"trained_on": "translation_task (every language)"}
+    trained_on["data_version"] = file_version(data)
     model = model_path(home, config.model)
     dotted = train_config(config, task, method, seed, run_dir, data, model)
     common = {"variant": variant, "method": method, "seed": seed, "task": task,
               "experiment": config.experiment,
-              "run_dir": dg.MetadataValue.path(str(run_dir))}  # fmt: skip
+              "run_dir": dg.MetadataValue.path(str(run_dir)),
+              "data": dg.MetadataValue.path(str(data)), **trained_on}  # fmt: skip
     if finished(run_dir, dotted):
         context.log.info(f"{run_dir} already holds this finished run: reused")
         summary = json.loads((run_dir / "summary.json").read_text())

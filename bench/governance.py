@@ -118,7 +118,7 @@ def main() -> None:
     config = load_governance_config(None)
     with tempfile.TemporaryDirectory() as tmp:
         build_demo_corpus(tmp, seed=0)
-        raw = ingest_sources([Path(tmp) / "sources"], config.ingest)
+        raw = ingest_sources([Path(tmp) / "sources"], config.ingest, namespace="demo")
     norm = normalize_stage(raw.kept)
     lid = language_id_stage(norm.kept, config)
     texts = norm.kept.column("text").to_pylist()

@@ -168,7 +168,7 @@ def bench_demo(out: Path) -> None:
     from quality_models.sources import ingest_sources
 
     paths = build_demo_corpus(out / "demo", seed=0)
-    docs = normalize_stage(ingest_sources([paths["sources"]]).kept).kept
+    docs = normalize_stage(ingest_sources([paths["sources"]], namespace="demo").kept).kept
     cfg = KenLMConfig(order=5, memory="1G", policy="label_only")
     infos = train_language_models(DEMO_LANGUAGES, out / "demo_models", cfg)
     models = {k: v.path for k, v in infos.items() if not isinstance(v, str)}

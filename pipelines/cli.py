@@ -69,21 +69,30 @@ def _demo_corpus(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from pipelines.demo import run_demo
 
-    return run_demo(variants=args.variants.split(","))
+    return run_demo(variants=args.variants.split(",") if args.variants else None)
 
 
 def _run(args: argparse.Namespace) -> int:
     """Governance for one arm and some languages, then (optionally) the plan's training and
     reports restricted to that arm."""
-    from assets.partitions import LANGUAGES
     from pipelines.definitions import defs
     from pipelines.experiment import ExperimentPlan, run_experiment
     from pipelines.runner import instance, run_governance
 
-    langs = args.languages.split(",") if args.languages else list(LANGUAGES)
-    unknown = sorted(set(langs) - set(LANGUAGES))
-    if unknown:
-        raise ValueError(f"unknown languages {unknown}; configured: {','.join(LANGUAGES)}")
+    langs = [x.strip() for x in args.languages.split(",") if x.strip()] if args.languages else None
+    if langs is not None:
+        from assets.stage_io import GovernanceSettings
+        from quality_models.langid import scope_languages
+
+        scope = set(scope_languages(GovernanceSettings().load(args.variant)))
+        unknown = sorted(set(langs) - scope)
+        if unknown:
+            raise ValueError(f"unknown languages {unknown}: not in the governance config's scope")
+    if langs is not None and args.until != "curated":
+        raise ValueError(
+            "--languages materialises only some language partitions, so the variant's ledger "
+            "cannot balance and nothing may train on it: use it with --until curated"
+        )
     inst = instance()
     run_governance(defs, inst, [args.variant], langs)
     if args.until == "curated":
@@ -138,11 +147,15 @@ def build_parser() -> argparse.ArgumentParser:
     dc.add_argument("--seed", type=int, default=0)
     dc.set_defaults(func=_demo_corpus)
     demo = sub.add_parser("demo", help="materialise the whole asset graph on the demo data")
-    demo.add_argument("--variants", default="full", help="governance arms for the demo corpus")
+    demo.add_argument("--variants", help="governance arms (default: every arm the plan uses)")
     demo.set_defaults(func=_demo)
     run = sub.add_parser("run", help="materialise one governance arm up to a stage, headless")
     run.add_argument("--variant", default="full", choices=list(_variants()))
-    run.add_argument("--languages", help="comma-separated (default: every configured language)")
+    run.add_argument(
+        "--languages",
+        help="only these language partitions (default: every language LID found; "
+        "the scope itself is the governance config's)",
+    )
     run.add_argument("--until", default="curated", choices=["curated", "finetune", "reports"])
     run.add_argument("--plan", default="configs/demo.yaml", help="training/evaluation settings")
     run.set_defaults(func=_run)

@@ -11,6 +11,7 @@ from assets import (
     ingest,
     kenlm,
     language_id,
+    ledger,
     normalize,
     quality,
     reports,
@@ -23,7 +24,7 @@ from pipelines.schedules import refresh_job, refresh_schedule
 from pipelines.sensors import governance_refresh_sensor, inbox_sensor
 
 governance_assets = dg.load_assets_from_modules(
-    [ingest, normalize, language_id, dedup, kenlm, quality, curated]
+    [ingest, normalize, language_id, dedup, kenlm, quality, curated, ledger]
 )
 task_assets = dg.load_assets_from_modules([tasks])
 training_assets = dg.load_assets_from_modules([training])

@@ -14,20 +14,22 @@ DEMO_PLAN = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 
 
 def run_demo(
-    variants: Sequence[str] = ("full",),
+    variants: Sequence[str] | None = None,
     languages: Sequence[str] | None = None,
     plan: str | Path | None = DEMO_PLAN,
 ) -> int:
-    from assets.partitions import LANGUAGES
+    """Governance for ``variants`` (default: every arm the plan trains on), then the plan."""
     from pipelines.definitions import defs
     from pipelines.experiment import ExperimentPlan, run_experiment
     from pipelines.runner import instance, run_governance
 
     inst = instance()
     print(f"govtune demo: Dagster instance at {os.environ['DAGSTER_HOME']}", flush=True)
-    run_governance(defs, inst, variants, list(languages or LANGUAGES))
-    if plan is not None:
-        run_experiment(ExperimentPlan.load(plan), inst)
+    loaded = ExperimentPlan.load(plan) if plan is not None else None
+    arms = list(variants or (loaded.variants() if loaded else ["full"]))
+    run_governance(defs, inst, arms, languages)
+    if loaded is not None:
+        run_experiment(loaded, inst)
     print("govtune demo: done. `make ui` opens the Dagster UI on these runs.", flush=True)
     return 0
 

@@ -80,19 +80,25 @@ def _op_config(run_config: dict[str, Any], ops: Sequence[str]) -> dict[str, Any]
 
 
 def ensure_inputs(defs: dg.Definitions, instance: dg.DagsterInstance, plan: ExperimentPlan) -> None:
-    """Materialise the task data, the governed training sets and the base model the plan needs,
-    when they are not on disk yet."""
+    """Materialise what the plan trains on when it is not on disk yet: the task data, each
+    variant's governance (raw → curated → ledger) and governed training set, the base model."""
     from assets.resources import GovtuneHome
     from assets.tasks import DEFAULT_LANGUAGES, TASK_LANGUAGES
+    from pipelines.runner import run_governance, run_task_data
     from training.models import SHIPPED_MODELS
 
     home = GovtuneHome()
-    if not home.path("tasks", "translation.parquet").is_file():
-        materialize_partitions(defs, instance, ["parallel_corpus", "task_splits"], [None])
+    run_task_data(defs, instance)
+    if not home.path("tasks", "classification", "en.parquet").is_file():
         materialize_partitions(defs, instance, "classification_task", TASK_LANGUAGES)
         materialize_partitions(defs, instance, "translation_task", list(DEFAULT_LANGUAGES))
+    ungoverned = [v for v in plan.variants() if not home.ledger_file(v).is_file()]
+    if ungoverned:
+        run_governance(defs, instance, ungoverned)
     missing = [
-        v for v in plan.variants() if not home.path("tasks", "train", f"{v}.parquet").is_file()
+        v
+        for v in plan.variants()
+        if not home.path("tasks", "train", v, "trainer_data.parquet").is_file()
     ]
     if missing:
         materialize_partitions(defs, instance, "classification_train", missing)

@@ -44,27 +44,60 @@ def materialize_partitions(
         print(f"  ok  {label}  ({time.time() - t:.1f}s)", flush=True)
 
 
+def languages_kept(home, variant: str) -> list[str]:
+    """The languages ``language_id[variant]`` kept documents in (its published split)."""
+    from quality_models.storage import read_published
+
+    return read_published(home.stage_dir(variant, "language_id", "all")).kept_names
+
+
+def run_task_data(defs: dg.Definitions, inst: dg.DagsterInstance, force: bool = False) -> None:
+    """The gettext task: parallel corpus, splits and the training pool that governance ingests
+    as the ``task_pool`` source (skipped when already on disk, unless ``force``)."""
+    from assets.resources import GovtuneHome
+
+    home = GovtuneHome()
+    done = (
+        home.path("tasks", "translation.parquet").is_file()
+        and home.path("raw", "task_pool", "pool.parquet").is_file()
+    )
+    if force or not done:
+        materialize_partitions(defs, inst, ["parallel_corpus", "task_splits", "task_pool"], [None])
+
+
 def run_governance(
     defs: dg.Definitions,
     inst: dg.DagsterInstance,
     variants: Sequence[str],
-    languages: Sequence[str],
+    languages: Sequence[str] | None = None,
 ) -> None:
-    """raw → curated for every (variant, language): the demo source, every inbox source."""
+    """raw → curated → ledger for every variant: every source (the demo corpus, the task pool,
+    every inbox file), then every language the language-ID stage found (or only
+    ``languages``), then each variant's ledger and its conservation check."""
     from assets.ingest import DEMO_SOURCE, source_partitions
     from assets.partitions import multi_key
+    from assets.resources import GovtuneHome
 
+    home = GovtuneHome()
     inst.add_dynamic_partitions(source_partitions.name, [DEMO_SOURCE])
     materialize_partitions(defs, inst, "demo_corpus", [None])
+    run_task_data(defs, inst)
     materialize_partitions(
         defs, inst, "raw_documents", inst.get_dynamic_partitions(source_partitions.name)
     )
     materialize_partitions(defs, inst, "normalized", [None])
+    found: dict[str, list[str]] = {}
     for variant in variants:
         materialize_partitions(defs, inst, "language_id", [variant])
-    materialize_partitions(defs, inst, "kenlm_models", list(languages))
-    keys = [multi_key(v, lang) for v in variants for lang in languages]
+        found[variant] = [
+            lang for lang in languages_kept(home, variant) if languages is None or lang in languages
+        ]
+    every = sorted({lang for langs in found.values() for lang in langs})
+    materialize_partitions(defs, inst, "kenlm_models", every)
+    keys = [multi_key(v, lang) for v in variants for lang in found[v]]
     materialize_partitions(defs, inst, ["deduplicated", "quality_scored", "curated"], keys)
+    if languages is None:  # a subset of languages cannot balance the books: no ledger then
+        materialize_partitions(defs, inst, "ledger", list(variants))
 
 
 def status_rows(defs: dg.Definitions, inst: dg.DagsterInstance) -> list[dict]:

@@ -26,6 +26,7 @@ import pyarrow as pa
 from .config import DEMO_LANGUAGES
 from .contract import make_doc_id, write_parquet_atomic
 from .shipped_text import chatterbot_lines, running_text
+from .sources import source_uri
 
 LOCALE_DIR = Path("/usr/share/locale")
 LOCALES = {"zh": ("zh_CN", "zh_TW"), "pt": ("pt_BR", "pt")}
@@ -44,6 +45,10 @@ JUNK = (
     "$ 12.99 $ 14.50 $ 3.20 $ 99.00",
 )
 SHORT = ("ok", "…", "12", "?", "x")
+# the source namespace the demo corpus is ingested under (its Dagster source partition): the
+# planted record's ids are computed the way ingest computes them (DESIGN §2: relative path +
+# position), so ``ingest_sources([out/"sources"], namespace=DEMO_NAMESPACE)`` reproduces them
+DEMO_NAMESPACE = "demo"
 
 
 @dataclass
@@ -135,7 +140,7 @@ def build_demo_corpus(
         pos = len(lines[name])
         rec = {"text": text, "lang": lang} if lang else {"text": text}
         lines[name].append(raw if raw is not None else json.dumps(rec, ensure_ascii=False).encode())
-        return make_doc_id(files[name].as_posix(), pos)
+        return make_doc_id(source_uri(DEMO_NAMESPACE, files[name].name), pos)
 
     msgids: dict[str, list[str]] = {}
     for lang in languages:
@@ -164,7 +169,7 @@ def build_demo_corpus(
                         "origin": "noise", "detail": detail})  # fmt: skip
 
     def clean_id(entry: tuple[str, int, str]) -> str:
-        return make_doc_id(files[entry[0]].as_posix(), entry[1])
+        return make_doc_id(source_uri(DEMO_NAMESPACE, files[entry[0]].name), entry[1])
 
     for lang in languages:
         docs = clean.get(lang, [])

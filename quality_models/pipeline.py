@@ -16,15 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from .config import GovernanceConfig, as_dict
-from .contract import (
-    StageResult,
-    content_hash,
-    empty_rejected,
-    write_parquet_atomic,
-)
+from .contract import StageResult, empty_rejected, write_parquet_atomic
 from .contract import write_text_atomic as _write_text
 from .dedup import dedup_stage, split_by_language
 from .heuristics import quality_stage
@@ -36,8 +30,10 @@ PER_LANGUAGE_STAGES = ("dedup", "quality", "perplexity")
 
 
 def variant_config(base: GovernanceConfig, variant: str) -> GovernanceConfig:
-    """The governance config of one ablation arm (``rehydrate`` keeps dedup's cluster sizes and
-    drops nothing at dedup; training up-weights by ``dup_cluster_size``)."""
+    """The governance config of one ablation arm. ``rehydrate`` governs exactly like ``full``
+    (one kept representative per duplicate cluster, with its ``dup_cluster_size``); the arm
+    differs in training, which up-weights each representative by its cluster size (FineWeb-2's
+    rehydration), where ``no_dedup`` keeps every copy at weight 1."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown governance variant {variant!r}; choose from {VARIANTS}")
     cfg = copy.deepcopy(base)
@@ -75,32 +71,11 @@ def passthrough(table: pa.Table, stage: str, why: str) -> StageResult:
 
 
 def dedup_or_skip(table: pa.Table, config: GovernanceConfig, lang: str, variant: str = "full"):
+    """Dedup, or a pass-through when the arm disables it (``variant`` is kept for callers that
+    name the arm; every arm with dedup enabled dedups the same way)."""
     if not config.dedup.enabled:
         return passthrough(table, "dedup", "dedup disabled")
-    result = dedup_stage(table, config.dedup, lang)
-    if variant == "rehydrate":  # keep every copy, labelled with its cluster, for up-weighting
-        labelled = pa.concat_tables([result.kept, _restore(result, table)])
-        return StageResult(labelled, empty_rejected(), result.metadata | {"rehydrate": True})
-    return result
-
-
-def _restore(result: StageResult, original: pa.Table) -> pa.Table:
-    """Documents dedup dropped, with their cluster columns, for the rehydrate arm."""
-    ids = result.rejected.column("doc_id")
-    back = original.filter(pc.is_in(original.column("doc_id"), value_set=ids))
-    info = {r["doc_id"]: json.loads(r["details"]) for r in result.rejected.to_pylist()}
-    cols = {
-        "content_hash": pa.array([content_hash(t) for t in back.column("text").to_pylist()]),
-        "dup_cluster": pa.array(
-            [info[d]["duplicate_of"] for d in back.column("doc_id").to_pylist()]
-        ),  # noqa: E501
-        "dup_cluster_size": pa.array(
-            [info[d]["cluster_size"] for d in back.column("doc_id").to_pylist()], pa.int32()
-        ),
-    }
-    for name, arr in cols.items():
-        back = back.set_column(back.column_names.index(name), name, arr)
-    return back
+    return dedup_stage(table, config.dedup, lang)
 
 
 def quality_or_skip(table: pa.Table, config: GovernanceConfig) -> StageResult:
@@ -171,7 +146,7 @@ def curate(
             reports.append(StageReport(stage, lang, res.summary(), res.metadata))
             ledger.append(res.rejected)
         curated[lang] = stages["perplexity"].kept
-    for lang in config.languages:  # every configured language gets a (maybe empty) dataset
+    for lang in config.languages or ():  # a configured language gets a (maybe empty) dataset
         curated.setdefault(lang, lid.kept.schema.empty_table())
     rejected = pa.concat_tables(ledger) if ledger else empty_rejected()
     return CurationResult(dict(sorted(curated.items())), rejected, reports)

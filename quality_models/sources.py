@@ -4,6 +4,15 @@ datasets by name (streaming).
 Every reader yields one ``RawRecord`` per input record. A record that cannot be used (invalid
 UTF-8, malformed JSON, a wrong field type, empty or oversize text) still yields a record, with
 ``reason`` set, so ingest can quarantine it in the ledger: nothing is silently lost.
+
+Stable ids (DESIGN §2): a record's ``source`` is its file's path *relative to the input root*
+it was found under (the folder given, or the file's own folder), prefixed by an optional
+namespace (the Dagster source partition), and ``doc_id`` hashes that plus the record's position.
+The same data gives the same ids wherever the data root lives.
+
+Pass-through columns: a Parquet source's columns other than the text and language fields (a
+task's ``label``, ``split``, ``group``...) travel through every stage untouched and arrive in the
+curated files. A column whose name is a contract column is renamed ``src_<name>``.
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ class RawRecord:
     declared_lang: str | None = None
     reason: str | None = None  # set when the record must be quarantined
     details: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] | None = None  # pass-through columns (Parquet sources)
 
 
 def locale_to_lang(locale: str) -> str:
@@ -54,8 +64,9 @@ def _decode(raw: bytes) -> tuple[str, str | None]:
 
 
 def _record_from_value(
-    uri: str, pos: int, value: Any, lang: Any, config: IngestConfig
-) -> RawRecord:
+    uri: str, pos: int, value: Any, lang: Any, config: IngestConfig,
+    extra: dict[str, Any] | None = None,
+) -> RawRecord:  # fmt: skip
     doc_id = make_doc_id(uri, pos)
     lang = lang if isinstance(lang, str) and lang else None
     if value is None:
@@ -69,7 +80,7 @@ def _record_from_value(
             "wrong_field_type",
             {"field": config.text_field, "type": type(value).__name__},
         )
-    return _checked(RawRecord(doc_id, uri, value, lang), config)
+    return _checked(RawRecord(doc_id, uri, value, lang, extra=extra), config)
 
 
 def _checked(rec: RawRecord, config: IngestConfig) -> RawRecord:
@@ -128,6 +139,25 @@ def read_text(path: Path, config: IngestConfig, uri: str | None = None) -> Itera
             yield _checked(rec, config)
 
 
+def passthrough_name(column: str) -> str:
+    """The curated-table name of a source column the stages do not use."""
+    from .contract import DOCUMENT_SCHEMA
+
+    return f"src_{column}" if column in DOCUMENT_SCHEMA.names else column
+
+
+def passthrough_schema(path: Path, config: IngestConfig) -> pa.Schema:
+    """The pass-through columns of a Parquet source, under their curated names."""
+    schema = pq.read_schema(path)
+    return pa.schema(
+        [
+            pa.field(passthrough_name(f.name), f.type)
+            for f in schema
+            if f.name not in (config.text_field, config.lang_field)
+        ]
+    )
+
+
 def read_parquet(path: Path, config: IngestConfig, uri: str | None = None) -> Iterator[RawRecord]:
     uri = uri or path.as_posix()
     try:
@@ -137,13 +167,19 @@ def read_parquet(path: Path, config: IngestConfig, uri: str | None = None) -> It
     names = pf.schema_arrow.names
     if config.text_field not in names:
         raise SourceError(f"{path}: no column {config.text_field!r} (columns: {names})")
-    cols = [config.text_field] + ([config.lang_field] if config.lang_field in names else [])
+    others = [n for n in names if n not in (config.text_field, config.lang_field)]
     pos = 0
-    for batch in pf.iter_batches(columns=cols, batch_size=10_000):
-        texts = batch.column(0).to_pylist()
-        langs = batch.column(1).to_pylist() if len(cols) > 1 else [None] * len(texts)
-        for value, lang in zip(texts, langs, strict=True):
-            yield _record_from_value(uri, pos, value, lang, config)
+    for batch in pf.iter_batches(batch_size=10_000):
+        texts = batch.column(config.text_field).to_pylist()
+        langs = (
+            batch.column(config.lang_field).to_pylist()
+            if config.lang_field in names
+            else [None] * len(texts)
+        )
+        extras = {passthrough_name(n): batch.column(n).to_pylist() for n in others}
+        for i, (value, lang) in enumerate(zip(texts, langs, strict=True)):
+            extra = {k: v[i] for k, v in extras.items()} if extras else None
+            yield _record_from_value(uri, pos, value, lang, config, extra)
             pos += 1
 
 
@@ -212,27 +248,45 @@ def parse_hf_spec(spec: str) -> dict[str, Any]:
     return {"name": name, "subset": subset or None, "split": split}
 
 
-def expand_inputs(inputs: Iterable[str | Path]) -> list[str]:
-    """Files and folders -> the list of supported files, sorted; ``hf:`` specs pass through."""
-    out: list[str] = []
+def input_files(inputs: Iterable[str | Path]) -> list[tuple[str, str]]:
+    """Files and folders -> ``(path, relative name)`` of every supported file, sorted. The
+    relative name is the path below the folder it was found in (a file given directly: its
+    own name), so ids do not depend on where the data root lives. ``hf:`` specs pass through."""
+    out: list[tuple[str, str]] = []
     for item in inputs:
         s = str(item)
         if s.startswith("hf:"):
-            out.append(s)
+            out.append((s, s))
             continue
         path = Path(s)
         if path.is_dir():
             files = sorted(p for p in path.rglob("*") if p.suffix in SUPPORTED_SUFFIXES)
             if not files:
                 raise SourceError(f"{path}: folder holds no supported files {SUPPORTED_SUFFIXES}")
-            out.extend(p.as_posix() for p in files)
+            out.extend((p.as_posix(), p.relative_to(path).as_posix()) for p in files)
         elif path.is_file():
             if path.suffix not in SUPPORTED_SUFFIXES:
                 raise SourceError(f"{path}: unsupported format; use one of {SUPPORTED_SUFFIXES}")
-            out.append(path.as_posix())
+            out.append((path.as_posix(), path.name))
         else:
             raise SourceError(f"input not found: {path}")
+    names = [name for _, name in out]
+    if len(set(names)) != len(names):
+        clash = sorted({n for n in names if names.count(n) > 1})
+        raise SourceError(
+            f"inputs share relative names {clash}: ids would collide; give their common folder"
+        )
     return out
+
+
+def expand_inputs(inputs: Iterable[str | Path]) -> list[str]:
+    """Files and folders -> the list of supported files, sorted; ``hf:`` specs pass through."""
+    return [path for path, _ in input_files(inputs)]
+
+
+def source_uri(namespace: str | None, relative: str) -> str:
+    """A record's ``source``: ``<namespace>:<relative path>`` (or the relative path alone)."""
+    return f"{namespace}:{relative}" if namespace else relative
 
 
 def probe_source(path: str | Path, config: IngestConfig | None = None) -> str | None:
@@ -256,7 +310,7 @@ def probe_source(path: str | Path, config: IngestConfig | None = None) -> str | 
     return None
 
 
-def read_source(spec: str, config: IngestConfig) -> Iterator[RawRecord]:
+def read_source(spec: str, config: IngestConfig, uri: str | None = None) -> Iterator[RawRecord]:
     if spec.startswith("hf:"):
         yield from read_hf(config=config, **parse_hf_spec(spec))
         return
@@ -269,7 +323,19 @@ def read_source(spec: str, config: IngestConfig) -> Iterator[RawRecord]:
     }.get(path.suffix)  # fmt: skip
     if reader is None:
         raise SourceError(f"{path}: unsupported format; use one of {SUPPORTED_SUFFIXES}")
-    yield from reader(path, config)
+    yield from reader(path, config, uri)
+
+
+def _documents(good: list[RawRecord]) -> pa.Table:
+    """Contract columns plus the records' pass-through columns (types inferred per column)."""
+    kept = documents_from_records(
+        {"doc_id": r.doc_id, "source": r.source, "text": r.text, "declared_lang": r.declared_lang}
+        for r in good
+    )
+    names = sorted({k for r in good if r.extra for k in r.extra})
+    for name in names:
+        kept = kept.append_column(name, pa.array([(r.extra or {}).get(name) for r in good]))
+    return kept
 
 
 def ingest(records: Iterable[RawRecord]) -> StageResult:
@@ -277,14 +343,11 @@ def ingest(records: Iterable[RawRecord]) -> StageResult:
     good, bad = [], []
     seen: set[str] = set()
     for rec in records:
-        if rec.doc_id in seen:  # the same file given twice: the second copy is a ledger row
+        if rec.doc_id in seen:  # the same record given twice: the second copy is a ledger row
             rec.reason, rec.details = "duplicate_doc_id", {"doc_id": rec.doc_id}
         seen.add(rec.doc_id)
         (bad if rec.reason else good).append(rec)
-    kept = documents_from_records(
-        {"doc_id": r.doc_id, "source": r.source, "text": r.text, "declared_lang": r.declared_lang}
-        for r in good
-    )
+    kept = _documents(good)
     if bad:
         rejected = pa.table(
             {
@@ -303,12 +366,19 @@ def ingest(records: Iterable[RawRecord]) -> StageResult:
     return StageResult(kept, rejected, {"sources": sorted({r.source for r in good + bad})})
 
 
-def ingest_sources(specs: Iterable[str | Path], config: IngestConfig | None = None) -> StageResult:
+def ingest_sources(
+    specs: Iterable[str | Path],
+    config: IngestConfig | None = None,
+    namespace: str | None = None,
+) -> StageResult:
+    """Ingest files, folders and ``hf:`` datasets. ``namespace`` (the Dagster source partition)
+    prefixes every ``source`` so two inputs with the same relative path keep distinct ids."""
     config = config or IngestConfig()
-    files = expand_inputs(specs)
+    files = input_files(specs)
 
     def records() -> Iterator[RawRecord]:
-        for spec in files:
-            yield from read_source(spec, config)
+        for spec, relative in files:
+            uri = spec if spec.startswith("hf:") else source_uri(namespace, relative)
+            yield from read_source(spec, config, uri)
 
     return ingest(records())

@@ -29,10 +29,11 @@ def planted(demo_dir):
 def governance_run(demo_dir):
     """Ingest -> normalize -> LID of the demo corpus, plus the full curate() result."""
     from quality_models.config import load_governance_config
+    from quality_models.demo_corpus import DEMO_NAMESPACE
     from quality_models.pipeline import curate
     from quality_models.sources import ingest_sources
 
     config = load_governance_config(None)
-    raw = ingest_sources([demo_dir / "sources"], config.ingest)
+    raw = ingest_sources([demo_dir / "sources"], config.ingest, namespace=DEMO_NAMESPACE)
     result = curate(raw, config, workers=1)
     return {"config": config, "raw": raw, "result": result}

@@ -323,7 +323,7 @@ def test_planted_junk_and_wrong_language_fall_in_the_tail(models, demo_dir, plan
 
     infos = train_language_models(DEMO_LANGUAGES, tmp_path, SMALL)
     paths = {lang: info.path for lang, info in infos.items() if not isinstance(info, str)}
-    docs = normalize_stage(ingest_sources([demo_dir / "sources"]).kept).kept
+    docs = normalize_stage(ingest_sources([demo_dir / "sources"], namespace="demo").kept).kept
     res = perplexity_stage(docs, paths, KenLMConfig(policy="label_only"))
     ids = res.kept.column("doc_id").to_pylist()
     buckets = dict(zip(ids, res.kept.column("quality_bucket").to_pylist(), strict=True))

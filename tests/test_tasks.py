@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 from sklearn.feature_extraction.text import CountVectorizer
 
-from quality_models.contract import DOCUMENT_SCHEMA
 from quality_models.decontaminate import char_shingles
 from training.gettext_corpus import (
     DEFAULT_LOCALE_DIR,
@@ -29,14 +29,13 @@ from training.tasks import (
     TaskError,
     build_tasks,
     classification_card,
-    classification_documents,
     eval_texts,
-    governed_training_records,
-    label_from_source,
+    flag_report,
     latin_tokens,
-    pool_flag_report,
+    pool_source_table,
     single_token_verbalisers,
     task_text,
+    training_records_from_curated,
     translate_train,
     translation_card,
     write_tasks,
@@ -193,41 +192,63 @@ def test_overlap_control(task) -> None:
     assert oc["ja"] > oc["en"]
 
 
-def test_training_side_goes_through_governance_with_decontamination(task) -> None:
-    docs = classification_documents(task)
-    assert docs.schema == DOCUMENT_SCHEMA
-    assert len(set(docs.column("doc_id").to_pylist())) == docs.num_rows
-    flags = Counter(task.pool.column("flag").to_pylist())
+def _ingested_pool(task, tmp_path: Path) -> pa.Table:
+    """The pool as raw_documents ingests it: a Parquet source, its extra columns passed on."""
+    from quality_models.sources import ingest_sources
+
+    path = tmp_path / "task_pool" / "pool.parquet"
+    path.parent.mkdir(parents=True)
+    pq.write_table(pool_source_table(task), path)
+    return ingest_sources([path.parent], namespace="task_pool").kept
+
+
+def test_pool_is_a_source_and_training_decontaminates_curated_rows(task, tmp_path) -> None:
+    pool = pool_source_table(task)
+    assert {"text", "lang", "label", "key", "group", "split", "flag"} <= set(pool.column_names)
+    flags = Counter(pool.column("flag").to_pylist())
     # the raw side carries the catalogues' real problems, for governance to find
     assert flags["untranslated"] > 0 and flags["shared_across_domains"] > 0
     assert any(f.startswith("junk_") for f in flags)
-    assert {label_from_source(s) for s in docs.column("source").to_pylist()} == set(DOMAINS)
-    with pytest.raises(TaskError, match="not a gettext task document source"):
-        label_from_source("file:foo.txt")
+    assert set(pool.column("label").to_pylist()) == set(DOMAINS)
+    docs = _ingested_pool(task, tmp_path)
+    assert docs.num_rows == pool.num_rows and len(set(docs.column("doc_id").to_pylist())) == (
+        docs.num_rows
+    )
+    assert docs.column("label").to_pylist() == pool.column("label").to_pylist()
+    docs = docs.set_column(docs.column_names.index("lang"), "lang", docs.column("declared_lang"))
 
     # plant an evaluation item into the training documents (a copied test message)
     ids, texts = eval_texts(task)
     target = next(i for i, t in zip(ids, texts, strict=True) if len(t) > 40)
     planted_text = texts[ids.index(target)]
     rows = docs.to_pylist()
-    victim = next(r for r in rows if r["declared_lang"] == "de")
+    victim = next(r for r in rows if r["declared_lang"] == "de" and not r["flag"])
     victim["text"] = planted_text
-    planted = pa.Table.from_pylist(rows, schema=DOCUMENT_SCHEMA)
-    records, dec = governed_training_records(task, {"all": planted})
+    planted = pa.Table.from_pylist(rows, schema=docs.schema)
+    made = training_records_from_curated(planted, (ids, texts), task.config)
+    dec = made.decontamination
     ledger = {r["doc_id"]: r for r in dec.rejected.to_pylist()}
     assert victim["doc_id"] in ledger
     row = ledger[victim["doc_id"]]
     assert row["stage"] == "decontaminate" and row["reason"] == "eval_contamination"
     assert json.loads(row["details"])["matched_eval_id"] == target
+    records = made.records
     assert victim["doc_id"] not in set(records.column("id").to_pylist())
     assert set(records.column("split").to_pylist()) == {"train"}
-    assert dec.metadata["rejected"] == dec.rejected.num_rows >= 1
-    report = pool_flag_report(task, dec.rejected)
+    assert made.curated_rows - dec.rejected.num_rows - made.balanced_out == records.num_rows
+    assert set(records.column("weight").to_pylist()) == {1.0}
+    flags_by_id = dict(zip(docs.column("doc_id").to_pylist(), docs.column("flag").to_pylist(),
+                           strict=True))  # fmt: skip
+    report = flag_report(flags_by_id, dec.rejected)
     assert sum(report["decontaminate"].values()) == dec.rejected.num_rows
-    # documents the task never made are refused with a clear message
-    stranger = docs.slice(0, 1).set_column(0, "doc_id", pa.array(["x" * 20]))
-    with pytest.raises(TaskError, match="not part of this task"):
-        governed_training_records(task, stranger)
+    # weights follow the duplicate-cluster size when the arm asks for them
+    sized = planted.set_column(planted.column_names.index("dup_cluster_size"), "dup_cluster_size",
+                               pa.array([3] * planted.num_rows, pa.int32()))  # fmt: skip
+    weighted = training_records_from_curated(sized, (ids, texts), task.config, lambda n: n + 0.5)
+    assert set(weighted.records.column("weight").to_pylist()) == {3.5}
+    # rows without the pool's columns are refused with a clear message
+    with pytest.raises(TaskError, match="lack the task pool's column"):
+        training_records_from_curated(planted.drop_columns(["label"]), (ids, texts), task.config)
 
 
 def test_lexical_baseline_and_cards(task, tmp_path: Path) -> None:

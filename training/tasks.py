@@ -20,10 +20,12 @@ Latin-script token of 3+ characters with any English training message) and ``tex
 (those shared tokens masked), and ``LexicalBaseline`` gives the number to report beside every
 result.
 
-Governance. The training side is exported as a contract table (``classification_documents``)
+Governance. The training side is exported as a governance *source* (``pool_source_table``)
 *with* its real problems (untranslated entries, messages shared by several programs, junk and
-placeholder-only entries) so that each governance variant produces its own training set
-(``governed_training_records``). The task's own ``train`` split is the builder-filtered variant.
+placeholder-only entries): it enters the asset graph as the ``task_pool`` source partition of
+``raw_documents`` and flows through the same stages as any corpus, so each governance variant
+produces its own training set, which ``training_records_from_curated`` only decontaminates and
+balances. The task's own ``train`` split is the builder-filtered variant.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import hashlib
 import re
 import unicodedata
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -583,11 +585,12 @@ def _balanced_train(
     domains: Sequence[str],
     cap: int | None,
     seed: int,
-    group_id: Mapping[tuple[str, str], str],
+    group_id: Mapping[tuple[str, str], str] | None = None,
 ) -> list[dict]:
     """Training records with every (language, domain) cell capped at the same size: the
     smallest cell of the languages present, at most ``cap`` (``None``: no cap, no balancing),
-    so no label or language is favoured by sheer count."""
+    so no label or language is favoured by sheer count. A row's group comes from the row
+    (``group``) or from ``group_id``; its ``weight`` (if any) is carried over."""
     cells: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for r in rows:
         cells[(r["lang"], r["domain"])].append(r)
@@ -616,7 +619,8 @@ def _balanced_train(
                     "overlap_controlled": None,
                     "text_masked": None,
                     "key": r["key"],
-                    "group": group_id[(r["domain"], r["key"])],
+                    "group": r["group"] if "group" in r else group_id[(r["domain"], r["key"])],
+                    **({"weight": r["weight"]} if "weight" in r else {}),
                 }
             )
     return out
@@ -701,106 +705,129 @@ def classification_documents_from_rows(rows: Iterable[Mapping[str, Any]]) -> pa.
     )
 
 
-def classification_documents(task: TaskSet, languages: Sequence[str] | None = None) -> pa.Table:
-    """The raw training side as a contract table, for the governance pipeline.
+TRAIN_SCHEMA = pa.schema([*CLASSIFICATION_SCHEMA, ("weight", pa.float32())])
+# what the training pool carries through the governance stages, besides text and language
+POOL_COLUMNS = ("label", "key", "group", "split", "flag", "pool_id")
+
+
+def pool_source_table(task: TaskSet) -> pa.Table:
+    """The raw training side as a governance *source* (Parquet that ``raw_documents`` ingests):
+    ``text`` and ``lang`` (the catalogue's language, the declared language) plus the columns the
+    stages do not use and carry through untouched: ``label`` (the domain), ``key`` (the source
+    message), ``group`` (its near-duplicate group), ``split``, ``flag`` (the builder's first
+    problem, for reporting what each governance variant removed) and ``pool_id``.
 
     Nothing is filtered: untranslated entries, messages shared by several programs, junk and
     placeholder-only entries are all here, as they are in the catalogues, so each governance
-    variant (full, no_lid, no_dedup, ...) removes its own share and yields its own training
-    set. ``doc_id`` is ``make_doc_id("gettext:{domain}:{lang}", key)``, ``declared_lang`` the
-    catalogue's language, and ``source`` = ``gettext:{domain}:{lang}`` carries the label.
-    """
+    variant removes its own share and yields its own training set."""
+    group_of = {
+        (d, k): g
+        for d, k, g in zip(
+            *(task.splits.column(c).to_pylist() for c in ("domain", "key", "group")),
+            strict=True,
+        )
+    }
     rows = task.pool.to_pylist()
-    if languages is not None:
-        unknown = sorted(set(languages) - {r["lang"] for r in rows})
-        if unknown:
-            raise TaskError(f"no training documents for language(s) {', '.join(unknown)}")
-        rows = [r for r in rows if r["lang"] in set(languages)]
-    return classification_documents_from_rows(rows)
+    return pa.table(
+        {
+            "text": [r["text"] for r in rows],
+            "lang": [r["lang"] for r in rows],
+            "label": [r["domain"] for r in rows],
+            "key": [r["key"] for r in rows],
+            "group": [group_of[(r["domain"], r["key"])] for r in rows],
+            "split": ["train"] * len(rows),
+            "flag": [r["flag"] for r in rows],
+            "pool_id": [r["doc_id"] for r in rows],
+        }
+    )
 
 
-def label_from_source(source: str) -> str:
-    """``gettext:{domain}:{lang}`` -> domain (the label), with a clear error otherwise."""
-    parts = (source or "").split(":")
-    if len(parts) != 3 or parts[0] != "gettext" or not parts[1]:
-        raise TaskError(f"not a gettext task document source: {source!r}")
-    return parts[1]
-
-
-def eval_texts(task: TaskSet) -> tuple[list[str], list[str]]:
+def eval_texts_of(classification: pa.Table, translation: pa.Table) -> tuple[list[str], list[str]]:
     """Ids and texts of every evaluation item (classification dev/test, translation dev/devtest
     sources and targets), for ``decontaminate``."""
     ids, texts = [], []
-    cls = task.classification.filter(pc.not_equal(task.classification.column("split"), "train"))
+    cls = classification.filter(pc.not_equal(classification.column("split"), "train"))
     ids += cls.column("id").to_pylist()
     texts += cls.column("text").to_pylist()
-    mt = task.translation.filter(pc.not_equal(task.translation.column("split"), "train"))
+    mt = translation.filter(pc.not_equal(translation.column("split"), "train"))
     for col in ("source", "target"):
         ids += [f"{i}:{col}" for i in mt.column("id").to_pylist()]
         texts += mt.column(col).to_pylist()
     return ids, texts
 
 
-def governed_training_records(
-    task: TaskSet,
-    curated: pa.Table | Mapping[str, pa.Table],
-    decontaminate_config: DecontaminateConfig | None = None,
+def eval_texts(task: TaskSet) -> tuple[list[str], list[str]]:
+    """:func:`eval_texts_of` for a built task."""
+    return eval_texts_of(task.classification, task.translation)
+
+
+@dataclass
+class GovernedTraining:
+    """What :func:`training_records_from_curated` made: the training records, the
+    decontamination result, and how many curated rows balancing left out."""
+
+    records: pa.Table  # TRAIN_SCHEMA
+    decontamination: StageResult
+    curated_rows: int
+    balanced_out: int
+
+
+def training_records_from_curated(
+    curated: pa.Table,
+    evaluation: tuple[Sequence[str], Sequence[str]],
+    config: TaskConfig,
+    weight_of: Callable[[int], float] | None = None,
     balance: bool = True,
-) -> tuple[pa.Table, StageResult]:
-    """Classification ``train`` records from what a governance variant kept.
+) -> GovernedTraining:
+    """Classification ``train`` records from exactly the rows a governance variant curated.
 
-    ``curated`` is the pipeline's output (one table or one per language) for documents made by
-    ``classification_documents``. They are decontaminated against every evaluation item (the
-    returned ``StageResult`` holds the ledger rows), mapped back to their labels, and, with
-    ``balance``, capped so that every (language, domain) cell has the same size.
-    """
-    tables = list(curated.values()) if isinstance(curated, Mapping) else [curated]
-    tables = [t for t in tables if t is not None and t.num_rows]
-    if not tables:
+    ``curated`` holds the variant's curated rows of the task pool (with the pool's pass-through
+    columns ``label``, ``key``, ``group``). They are decontaminated against every evaluation
+    item (``evaluation`` = ids and texts), and, with ``balance``, capped so that every
+    (language, label) cell has the same size. ``weight_of`` maps a row's duplicate-cluster size
+    to its sampling weight (the ``rehydrate`` arm); without it every weight is 1. The language
+    is the one governance assigned (the curated partition)."""
+    missing = [c for c in ("doc_id", "text", "lang", "label", "key", "group")
+               if c not in curated.column_names]  # fmt: skip
+    if missing:
+        raise TaskError(f"curated rows lack the task pool's column(s) {', '.join(missing)}")
+    if not curated.num_rows:
         raise TaskError("the governance variant kept no training documents")
-    docs = pa.concat_tables(
-        [t.select(["doc_id", "source", "text", "declared_lang"]) for t in tables]
+    ids, texts = evaluation
+    dec = decontaminate(curated, list(texts), config.decontaminate, list(ids))
+    kept = dec.kept
+    sizes = (
+        kept.column("dup_cluster_size").to_pylist()
+        if "dup_cluster_size" in kept.column_names
+        else [None] * kept.num_rows
     )
-    ids, texts = eval_texts(task)
-    dec = decontaminate(docs, texts, decontaminate_config or task.config.decontaminate, ids)
-    split_rows = task.splits.to_pylist()
-    group_of = {(r["domain"], r["key"]): r["group"] for r in split_rows}
-    key_of = {r["doc_id"]: r["key"] for r in task.pool.to_pylist()}
-    rows = []
-    for doc_id, source, text, lang in zip(
-        *(dec.kept.column(c).to_pylist() for c in ("doc_id", "source", "text", "declared_lang")),
-        strict=True,
-    ):
-        if doc_id not in key_of:
-            raise TaskError(f"document {doc_id} is not part of this task's training pool")
-        domain = label_from_source(source)
-        rows.append(
-            {"doc_id": doc_id, "lang": lang, "domain": domain, "key": key_of[doc_id], "text": text}
+    rows = [
+        {"doc_id": d, "lang": lang, "domain": label, "key": key, "text": text, "group": group,
+         "weight": float(weight_of(int(size or 1))) if weight_of else 1.0}
+        for d, lang, label, key, text, group, size in zip(
+            *(kept.column(c).to_pylist() for c in ("doc_id", "lang", "label", "key", "text",
+                                                   "group")),
+            sizes, strict=True,
         )
-    cap = task.config.train_per_cell if balance else None
-    records = _balanced_train(rows, task.config.domains, cap, task.config.seed, group_of)
-    return pa.Table.from_pylist(records, schema=CLASSIFICATION_SCHEMA), dec
+    ]  # fmt: skip
+    cap = config.train_per_cell if balance else None
+    records = _balanced_train(rows, config.domains, cap, config.seed)
+    table = pa.Table.from_pylist(records, schema=TRAIN_SCHEMA)
+    return GovernedTraining(table, dec, curated.num_rows, len(rows) - table.num_rows)
 
 
-def pool_flag_report(task: TaskSet, rejected: pa.Table) -> dict[str, dict[str, int]]:
-    """How many pool documents of each builder flag a governance run removed, per stage.
+def flag_report(flags: Mapping[str, str], rejected: pa.Table) -> dict[str, dict[str, int]]:
+    """How many pool documents of each builder flag a governance variant removed, per stage.
 
-    ``rejected`` is the pipeline's ledger; the answer reads e.g.
-    ``{"language_id": {"untranslated": 812, ...}, "dedup": {"shared_across_domains": ...}}``.
-    """
-    flag_of = dict(
-        zip(
-            task.pool.column("doc_id").to_pylist(),
-            task.pool.column("flag").to_pylist(),
-            strict=True,
-        )
-    )
+    ``flags`` maps the pool documents' ``doc_id`` to their builder flag ("" = clean) and
+    ``rejected`` is the variant's ledger; the answer reads e.g. ``{"language_id":
+    {"untranslated": 812, ...}, "deduplicated": {"shared_across_domains": ...}}``."""
     out: dict[str, Counter] = defaultdict(Counter)
     for doc_id, stage in zip(
         rejected.column("doc_id").to_pylist(), rejected.column("stage").to_pylist(), strict=True
     ):
-        if doc_id in flag_of:
-            out[stage][flag_of[doc_id] or "clean"] += 1
+        if doc_id in flags:
+            out[stage][flags[doc_id] or "clean"] += 1
     return {k: dict(sorted(v.items())) for k, v in sorted(out.items())}
 
 
