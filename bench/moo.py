@@ -22,8 +22,17 @@ per-language losses from one mixed forward and pays K full backward passes, for 
 (``LanguageGradientCapture``, LoRA setting only: full fine-tuning also trains RMSNorm weights).
 The goal from issue 7 is <= 1.3x a plain step for the bucket scope.
 
+3. ``--trainer``: the trainer's own path (``python -m training`` under ``torchrun``, 2 gloo
+   processes, 1 thread each) on the same model, data and batch: plain DDP (``moo: none``)
+   against ``moo: mgda`` with the bucket scope (the DDP communication hook, one solve per
+   step) and, for contrast, the global scope. Each round launches the arms one after the
+   other, in an order that rotates from round to round; a round's ratio is the arm's median
+   step time over the timed steps (the trainer's own ``step_time_s``, after the warm-up steps)
+   divided by the plain DDP run's of the same round, and the table shows the median ratio
+   over the rounds (issue 13's goal: bucket <= 1.3x plain DDP).
+
 Usage: ``.venv/bin/python bench/moo.py [--steps 12] [--threads 1] [--quick] [--no-ddp]
-[--no-single] [--no-memory] [--settings full,lora]``
+[--no-single] [--no-memory] [--settings full,lora] [--trainer [--rounds 3]]``
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ import datetime
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -312,6 +322,109 @@ def two_process(args, setting: str) -> dict:
         return json.loads(Path(out).read_text())
 
 
+# name -> trainer config keys (issue 13: the trainer's own MOO path under torchrun)
+TRAINER_ARMS = {
+    "plain DDP": {"moo": "none"},
+    "mgda/bucket (trainer, DDP hook)": {"moo": "mgda", "moo_scope": "bucket"},
+    "mgda/global (trainer, DDP hook)": {"moo": "mgda", "moo_scope": "global"},
+}
+
+
+def _trainer_inputs(root: Path, quick: bool) -> tuple[Path, Path]:
+    """A local model directory (the bench's Llama, random weights, a word tokenizer) and a
+    3-language classification file with prompts of about 48 words."""
+    import random
+
+    from training.data import synthetic_classification_records, synthetic_texts
+    from training.models import build_word_tokenizer
+
+    records = synthetic_classification_records(n_per_class=30, seed=0)
+    rng = random.Random(0)
+    for r in records:
+        words = r["text"].split()
+        r["text"] = " ".join(rng.choice(words) for _ in range(48))
+        r["split"] = "train" if r["split"] == "train" else "dev"
+    data = root / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    tok = build_word_tokenizer(synthetic_texts() + [r["text"] for r in records])
+    model = build_model(quick, "full")
+    for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
+        setattr(model.config, key, getattr(tok, key))
+    model_dir = root / "model"
+    model.save_pretrained(model_dir, safe_serialization=True)
+    tok.save_pretrained(model_dir)
+    return model_dir, data
+
+
+def _trainer_run(root: Path, name: str, arm: dict, setting: str, model_dir, data, args) -> dict:
+    import yaml
+
+    warm, timed = args.warmup, args.steps
+    run = root / name
+    shutil.rmtree(run, ignore_errors=True)
+    cfg = {
+        "run_dir": str(run), "model": str(model_dir), "data": str(data), "max_length": 64,
+        "method": {"name": "lora" if setting == "lora" else "full"}, "steps": warm + timed,
+        "batch_size": 3 * args.per_lang, "threads": 1, "progress": False, "log_every": 1,
+        "checkpoint_every": 10_000, "eval_max_examples": 8, "lr": 1e-3,
+        "bucket_cap_mb": BUCKET_CAP_MB[setting], **arm,
+    }  # fmt: skip
+    cfg_file = root / f"{name}.yaml"
+    cfg_file.write_text(yaml.safe_dump(cfg))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    cmd += ["-m", "training", "--config", str(cfg_file)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=1800)
+    if out.returncode != 0:
+        raise RuntimeError(f"{name}: torchrun failed\n{out.stderr[-3000:]}")
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in lines if "step_time_s" in r and r["step"] > warm]
+    moo = [r["moo"] for r in steps if "moo" in r]
+    return {
+        "median": statistics.median(r["step_time_s"] for r in steps),
+        "bytes": moo[-1]["bytes_allreduced"] if moo else None,
+        "groups": len(moo[-1]["groups"]) if moo else None,
+        "trainable": json.loads((run / "footprint.json").read_text())["trainable_params"],
+    }
+
+
+def trainer_bench(args, setting: str) -> None:
+    """The trainer's MOO path under torchrun against plain DDP, arms alternated per round."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        model_dir, data = _trainer_inputs(root, args.quick)
+        arms = list(TRAINER_ARMS)
+        results: dict[str, list[dict]] = {a: [] for a in arms}
+        for r in tqdm(range(args.rounds), desc=f"trainer under torchrun, {setting}"):
+            order = arms[r % len(arms) :] + arms[: r % len(arms)]
+            for arm in order:
+                name = f"r{r}-{arms.index(arm)}"
+                results[arm].append(
+                    _trainer_run(root, name, TRAINER_ARMS[arm], setting, model_dir, data, args)
+                )
+    plain = results["plain DDP"]
+    trainable = plain[0]["trainable"]
+    print(f"\n### trainer under torchrun, 2 gloo processes (1 thread each), {setting}\n")
+    print(f"{trainable:,} trainable parameters, bucket_cap_mb={BUCKET_CAP_MB[setting]}, ")
+    print(f"batch {3 * args.per_lang} per rank, {args.rounds} rounds of {args.steps} timed steps\n")
+    print("| arm | median step (s) | ratio vs plain DDP (median over rounds) | per round | "
+          "groups | all-reduced per step (MB) |")  # fmt: skip
+    print("|---|---|---|---|---|---|")
+    for arm in arms:
+        ratios = [a["median"] / b["median"] for a, b in zip(results[arm], plain, strict=True)]
+        med = statistics.median(x["median"] for x in results[arm])
+        last = results[arm][-1]
+        mb = (
+            f"{last['bytes'] / 1e6:.3f}"
+            if last["bytes"] is not None
+            else f"{4 * trainable / 1e6:.3f}"
+        )
+        per_round = ", ".join(f"{x:.2f}" for x in ratios)
+        groups = last["groups"] if last["groups"] is not None else "-"
+        print(f"| {arm} | {med:.4f} | **{statistics.median(ratios):.2f}x** | {per_round} | "
+              f"{groups} | {mb} |")  # fmt: skip
+
+
 def table(title: str, times: dict[str, list[float]], base: str, extra=None) -> None:
     print(f"\n### {title}\n")
     head = "| arm | median step (s) | IQR (s) | ratio vs " + base + " |"
@@ -341,6 +454,10 @@ def main() -> None:
     ap.add_argument("--no-ddp", action="store_true")
     ap.add_argument("--no-single", action="store_true", help="only the 2-process tables")
     ap.add_argument("--no-memory", action="store_true")
+    ap.add_argument(
+        "--trainer", action="store_true", help="only the trainer's own path under torchrun"
+    )
+    ap.add_argument("--rounds", type=int, default=3, help="--trainer: alternating rounds")
     ap.add_argument("--memory-arm", help=argparse.SUPPRESS)
     ap.add_argument("--memory-setting", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -354,6 +471,10 @@ def main() -> None:
     if unknown:
         ap.error(f"unknown settings {unknown}; choose from {', '.join(SETTINGS)}")
 
+    if args.trainer:
+        for setting in settings:
+            trainer_bench(args, setting)
+        return
     for setting in settings if not args.no_single else []:
         times = single_process(args, setting)
         extra = None

@@ -749,8 +749,13 @@ class _MooStep:
     ranks), so the objective is the language's mean loss over the whole step, however the
     micro-batches and ranks split it. Per-language gradients come from one backward of the
     mixed micro-batch (``capture``: :class:`training.moo.LanguageGradientCapture`, LoRA-style
-    adapters only) or from one forward/backward per language sub-batch (``split``, any model;
-    under DDP through the MOO communication hook)."""
+    adapters only) or from one forward/backward per language sub-batch (``split``, any model).
+    One process combines them in place (:func:`training.moo.apply_language_gradients`); under
+    DDP the MOO communication hook does (:mod:`training.moo_ddp`): with ``split`` every
+    language's sub-batches go through DDP, with ``capture`` the per-language gradients are
+    built locally and handed to the hook in one synced backward of a one-row batch with zero
+    loss (DDP's bucket then holds the preset ``p.grad``; the first step, before DDP has formed
+    its buckets, runs ``split``)."""
 
     def __init__(self, cfg: TrainConfig, model, fwd_model, params, names, data, placement, dist):
         from training.moo import LanguageGradientCapture, resolve_config
@@ -765,13 +770,10 @@ class _MooStep:
         if dist.world > 1:
             from training.moo_ddp import register_moo_hook
 
-            if cfg.moo_gradients == "capture":
-                raise ValueError("moo_gradients='capture' runs in one process; use split")
             self.hook_state = register_moo_hook(
                 fwd_model, data.langs, self.moo_cfg, mode=cfg.moo_hook_mode
             )
-            self.mode = "ddp-hook"
-        elif cfg.moo_gradients in ("auto", "capture"):
+        if cfg.moo_gradients in ("auto", "capture"):
             why = None
             if cfg.gradient_checkpointing:
                 why = "gradient checkpointing recomputes the recorded forward"
@@ -808,13 +810,19 @@ class _MooStep:
         """Fill ``p.grad`` with the step's combined gradient; returns the diagnostics."""
         totals = self._totals(micro_examples)
         langs = [lang for lang in self.data.langs if lang in totals]
-        if self.mode == "capture":
-            diag = self._capture_step(micro_examples, langs, totals, step)
-        elif self.mode == "split":
-            diag = self._split_step(micro_examples, langs, totals, step)
+        mode = self.mode
+        if self.hook_state is None:
+            if mode == "capture":
+                diag = self._capture_step(micro_examples, langs, totals, step)
+            else:
+                diag = self._split_step(micro_examples, langs, totals, step)
+        elif mode == "capture" and getattr(self.fwd_model, "_has_rebuilt_buckets", True):
+            diag = self._ddp_capture_step(micro_examples, langs, totals)
         else:
+            mode = "split"
             diag = self._ddp_step(micro_examples, langs, totals)
-        diag["gradients"] = self.mode
+        diag["gradients"] = mode
+        diag["combined"] = "in-process" if self.hook_state is None else "ddp-hook"
         diag.setdefault("world_size", self.dist.world)
         n = sum(totals[lang] for lang in langs)
         weighted = zip(langs, diag["losses"], strict=True)
@@ -853,9 +861,10 @@ class _MooStep:
             names=self.names, step=step,
         )  # fmt: skip
 
-    def _capture_step(self, micro_examples, langs, totals, step) -> dict[str, Any]:
-        from training.moo import apply_language_gradients
-
+    def _capture_grads(self, micro_examples, langs, totals):
+        """Per-language gradients (and loss values) of this rank's micro-batches from one
+        mixed forward and one backward each, scaled like :meth:`_lang_loss`."""
+        world = self.dist.world
         acc: dict[str, list[torch.Tensor] | None] = {lang: None for lang in langs}
         values = {lang: torch.zeros((), device=self.placement.torch_device) for lang in langs}
         for examples in micro_examples:
@@ -868,7 +877,7 @@ class _MooStep:
             for lang in present:
                 rows = [i for i, x in enumerate(batch["langs"]) if x == lang]
                 idx = torch.tensor(rows, device=weighted.device)
-                lang_losses[lang] = weighted[idx].sum() / totals[lang]
+                lang_losses[lang] = weighted[idx].sum() * (world / totals[lang])
                 values[lang] = values[lang] + lang_losses[lang].detach()
             got = self.capture.language_gradients(lang_losses, batch["langs"])
             for lang, g in zip(present, got, strict=True):
@@ -877,12 +886,40 @@ class _MooStep:
                 else:
                     for a, b in zip(acc[lang], g, strict=True):
                         a.add_(b)
+        return acc, values
+
+    def _capture_step(self, micro_examples, langs, totals, step) -> dict[str, Any]:
+        from training.moo import apply_language_gradients
+
+        acc, values = self._capture_grads(micro_examples, langs, totals)
         grads = [acc[lang] for lang in langs]
         losses = torch.stack([values[lang] for lang in langs]).tolist()
         return apply_language_gradients(
             self.params, grads, self.moo_cfg, languages=langs, losses=losses,
             names=self.names, step=step,
         )  # fmt: skip
+
+    def _ddp_capture_step(self, micro_examples, langs, totals) -> dict[str, Any]:
+        """Local per-language gradients (capture) into the hook: languages 0..K-2 through the
+        stash, the last one preset in ``p.grad`` for one synced zero-loss backward."""
+        acc, values = self._capture_grads(micro_examples, langs, totals)
+        state = self.hook_state
+        state.set_languages(langs)
+        zeros = None
+        for k, lang in enumerate(langs):
+            state.start_language(k)
+            grads = acc[lang]
+            if grads is None:  # this rank has no row of the language this step
+                zeros = zeros or [torch.zeros_like(p) for p in self.params]
+                grads = zeros if k < len(langs) - 1 else [z.clone() for z in zeros]
+            for p, g in zip(self.params, grads, strict=True):
+                p.grad = g
+            if k < len(langs) - 1:
+                state.stash_grads()
+        state.set_losses(torch.stack([values[lang] for lang in langs]).tolist())
+        dummy = self.data.collate(next(ex for ex in micro_examples if ex)[:1])
+        (self._lang_loss(self.fwd_model, (dummy, 1.0)) * 0.0).backward()
+        return state.finish_step()
 
     def _ddp_step(self, micro_examples, langs, totals) -> dict[str, Any]:
         from training.moo_ddp import ddp_moo_accumulated_backward
