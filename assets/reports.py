@@ -9,7 +9,6 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
-from .partitions import parse_run_key
 from .resources import GovtuneHome
 
 DESCRIPTIONS = {
@@ -50,26 +49,16 @@ class ReportConfig(dg.Config):
 
 def load_scored_runs(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Every ``<variant>/<run>.parquet`` under ``folder`` → classification rows, translation
-    rows and footprints, each tagged with variant, run key, method and seed."""
-    cls, mt, foot = [], [], []
-    for path in sorted(folder.glob("*/*.parquet")):
-        variant, run = path.parent.name, path.stem
-        task, method, seed = parse_run_key(run)
-        tags = {"variant": variant, "run_key": run, "method": method, "seed": seed}
-        df = pd.read_parquet(path).assign(**tags)
-        (cls if task == "classification" else mt).append(df)
-        fp = path.with_suffix(".footprint.json")
-        if fp.is_file():
-            foot.append({**json.loads(fp.read_text()), **tags, "task": task})
-    if not cls:
+    rows and footprints (``evaluation.store.load_scored_runs``: also ``tt-`` translate-train
+    runs and the ``lexical`` / ``untuned`` baselines)."""
+    from evaluation.store import load_scored_runs as load
+
+    try:
+        return load(folder)
+    except FileNotFoundError:
         raise FileNotFoundError(
             f"no scored classification run under {folder}: materialise model_evaluation first"
-        )
-    return (
-        pd.concat(cls, ignore_index=True),
-        pd.concat(mt, ignore_index=True) if mt else pd.DataFrame(),
-        pd.DataFrame(foot),
-    )
+        ) from None
 
 
 def _image(path: Path) -> dg.MetadataValue:
@@ -122,7 +111,7 @@ def reports(context: dg.AssetExecutionContext, config: ReportConfig, home: Govtu
                     {"claim": v.claim, "candidate": v.candidate, "verdict": v.verdict,
                      "evidence": v.evidence} for v in report.verdicts
                 ],
-                "governance_gains": report.additivity.status,
+                "governance_gains": report.additivity.verdict,
             },
             indent=2,
         )
@@ -145,8 +134,8 @@ def reports(context: dg.AssetExecutionContext, config: ReportConfig, home: Govtu
             "dagster/row_count": len(table),
         }
         if key == "governance_ablation":
-            metadata["gains_add_up"] = report.additivity.status
-            metadata["additivity"] = report.additivity.sentence
+            metadata["gains_add_up"] = report.additivity.verdict
+            metadata["additivity"] = report.additivity.evidence
         if key in ("accuracy_parity", "cost_quality_frontier"):
             metadata["verdicts"] = dg.MetadataValue.md(verdicts)
         yield dg.MaterializeResult(asset_key=name, metadata=metadata)

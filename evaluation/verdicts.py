@@ -119,8 +119,16 @@ def accuracy_rule(
         f"vs the strongest baseline {baseline}: {_contrast_text(r)};"
         f" {_power_text(r.mde, r.power_at(target), target)}."
     )
-    return _from_contrast("accuracy", f"{candidate} beats the baselines on accuracy", verdict,
-                          evidence, candidate, baseline, r, target)  # fmt: skip
+    return _from_contrast(
+        "accuracy",
+        f"{candidate} beats the baselines on accuracy",
+        verdict,
+        evidence,
+        candidate,
+        baseline,
+        r,
+        target,
+    )
 
 
 def _contrast_text(r: Contrast) -> str:
@@ -129,9 +137,20 @@ def _contrast_text(r: Contrast) -> str:
 
 
 def _from_contrast(claim, statement, verdict, evidence, cand, base, r: Contrast, target):
-    return Verdict(claim, statement, verdict, evidence, cand, baseline=base,
-                   estimate=r.estimate, low=r.low, high=r.high, p_value=r.p_value,
-                   mde=r.mde, power=r.power_at(target))  # fmt: skip
+    return Verdict(
+        claim,
+        statement,
+        verdict,
+        evidence,
+        cand,
+        baseline=base,
+        estimate=r.estimate,
+        low=r.low,
+        high=r.high,
+        p_value=r.p_value,
+        mde=r.mde,
+        power=r.power_at(target),
+    )
 
 
 # --------------------------------------------------------------------------- bootstrap
@@ -176,14 +195,24 @@ def _boot_result(point_c, point_b, reps_c, reps_b, confidence, df=None) -> BootR
     else:
         low, high = np.quantile(d, [a / 2, 1 - a / 2]) if d.size else (math.nan, math.nan)
         p = min(1.0, 2 * (1 + min(np.sum(d <= 0), np.sum(d >= 0))) / (d.size + 1))
-    return BootResult(est, float(low), float(high), float(p), se, float(point_c),
-                      float(point_b))  # fmt: skip
+    return BootResult(est, float(low), float(high), float(p), se, float(point_c), float(point_b))
 
 
 def _from_boot(claim, statement, verdict, evidence, cand, base, r: BootResult, conf, target):
-    return Verdict(claim, statement, verdict, evidence, cand, baseline=base,
-                   estimate=r.estimate, low=r.low, high=r.high, p_value=r.p_value,
-                   mde=r.mde(conf), power=r.power_at(target, conf))  # fmt: skip
+    return Verdict(
+        claim,
+        statement,
+        verdict,
+        evidence,
+        cand,
+        baseline=base,
+        estimate=r.estimate,
+        low=r.low,
+        high=r.high,
+        p_value=r.p_value,
+        mde=r.mde(conf),
+        power=r.power_at(target, conf),
+    )
 
 
 # --------------------------------------------------------------------------- calibration
@@ -197,8 +226,11 @@ def _ce_replicates(conf: np.ndarray, hit: np.ndarray, w: np.ndarray, v: np.ndarr
     bins = equal_mass_bins(conf.ravel(), n_bins).reshape(s, n)
     k = int(bins.max()) + 1
     onehot = np.eye(k)[bins]  # S x n x K
-    point = _debiased_ce(onehot.sum((0, 1)), np.einsum("sik,si->k", onehot, conf),
-                         np.einsum("sik,si->k", onehot, hit))  # fmt: skip
+    point = _debiased_ce(
+        onehot.sum((0, 1)),
+        np.einsum("sik,si->k", onehot, conf),
+        np.einsum("sik,si->k", onehot, hit),
+    )
     count = np.einsum("bs,sik,bi->bk", v, onehot, w)
     csum = np.einsum("bs,sik,si,bi->bk", v, onehot, conf, w)
     hsum = np.einsum("bs,sik,si,bi->bk", v, onehot, hit, w)
@@ -233,8 +265,17 @@ def calibration_rule(
         f" {baseline}), difference {r.estimate:+.3f} [{r.low:+.3f}, {r.high:+.3f}],"
         f" p={r.p_value:.3f}; {_power_text(r.mde(confidence), r.power_at(target), target)}."
     )
-    return _from_boot("calibration", f"{candidate} improves calibration", verdict, evidence,
-                      candidate, baseline, r, confidence, target)  # fmt: skip
+    return _from_boot(
+        "calibration",
+        f"{candidate} improves calibration",
+        verdict,
+        evidence,
+        candidate,
+        baseline,
+        r,
+        confidence,
+        target,
+    )
 
 
 # --------------------------------------------------------------------------- parity
@@ -299,8 +340,17 @@ def parity_rule(
         f" non-inferiority margin {margin:.2f}; MDE of the worst-language difference"
         f" {worst.mde(confidence):.3f}."
     )
-    v = _from_boot("parity", f"{candidate} keeps cross-language parity", verdict, evidence,
-                   candidate, baseline, worst, confidence, margin)  # fmt: skip
+    v = _from_boot(
+        "parity",
+        f"{candidate} keeps cross-language parity",
+        verdict,
+        evidence,
+        candidate,
+        baseline,
+        worst,
+        confidence,
+        margin,
+    )
     v.extra.update(gap=gap.estimate, gap_low=gap.low, gap_high=gap.high)
     return v
 
@@ -360,8 +410,17 @@ def robustness_rule(
         f" p={r.p_value:.3f}; gold log-probability drop difference {_contrast_text(logp)};"
         f" {cc.shape[1]} base items; {_power_text(r.mde(confidence), r.power_at(target), target)}."
     )
-    v = _from_boot("robustness", f"{candidate} is more robust to orthographic variants",
-                   verdict, evidence, candidate, baseline, r, confidence, target)  # fmt: skip
+    v = _from_boot(
+        "robustness",
+        f"{candidate} is more robust to orthographic variants",
+        verdict,
+        evidence,
+        candidate,
+        baseline,
+        r,
+        confidence,
+        target,
+    )
     v.extra.update(logp_drop=logp.estimate, logp_low=logp.low, logp_high=logp.high)
     return v
 
@@ -391,11 +450,17 @@ def additivity_rule(
     names = ["full", "none", *stages]
     weights = [-(len(stages) - 1), -1.0, *([1.0] * len(stages))]
     sv = [None if seed_vars is None else seed_vars.get(a) for a in names]
-    r = contrast_test([arms[a] for a in names], weights, confidence, seed_matched,
-                      None if seed_matched else sv)  # fmt: skip
+    r = contrast_test(
+        [arms[a] for a in names], weights, confidence, seed_matched, None if seed_matched else sv
+    )
     lo90, hi90 = r.interval(1 - 2 * (1 - confidence))
-    total = contrast_test([arms["full"], arms["none"]], [1, -1], confidence, seed_matched,
-                          None if seed_matched else [sv[0], sv[1]])  # fmt: skip
+    total = contrast_test(
+        [arms["full"], arms["none"]],
+        [1, -1],
+        confidence,
+        seed_matched,
+        None if seed_matched else [sv[0], sv[1]],
+    )
     if -margin < lo90 and hi90 < margin:
         verdict = HOLDS
     elif r.significant:
@@ -412,9 +477,20 @@ def additivity_rule(
         f" ({'seed-matched' if seed_matched else 'independent arms'}, seeds {r.n_seeds[0]});"
         f" MDE {r.mde:.3f}."
     )
-    v = Verdict("governance", f"the governance gains add up ({method})", verdict, evidence,
-                method, baseline="none", estimate=r.estimate, low=lo90, high=hi90,
-                p_value=r.p_value, mde=r.mde, power=r.power_at(margin))  # fmt: skip
+    v = Verdict(
+        "governance",
+        f"the governance gains add up ({method})",
+        verdict,
+        evidence,
+        method,
+        baseline="none",
+        estimate=r.estimate,
+        low=lo90,
+        high=hi90,
+        p_value=r.p_value,
+        mde=r.mde,
+        power=r.power_at(margin),
+    )
     v.extra.update(total=total.estimate, total_low=total.low, total_high=total.high, **gains)
     return v
 
@@ -462,8 +538,13 @@ def overhead_rule(
     cs = [np.asarray(x, dtype=float) for x in cand_steps]
     bs = [np.asarray(x, dtype=float) for x in base_steps]
     step = _ratio_ci(cs, bs, n_boot, confidence, rng)
-    mem = _ratio_ci([np.array([x]) for x in cand_rss], [np.array([x]) for x in base_rss],
-                    n_boot, confidence, rng)  # fmt: skip
+    mem = _ratio_ci(
+        [np.array([x]) for x in cand_rss],
+        [np.array([x]) for x in base_rss],
+        n_boot,
+        confidence,
+        rng,
+    )
     if step[2] <= max_step_ratio and mem[2] <= max_memory_ratio:
         verdict = HOLDS
     elif step[1] > max_step_ratio or mem[1] > max_memory_ratio:
@@ -479,5 +560,14 @@ def overhead_rule(
         f"{candidate}'s overhead is modest (step time <= {max_step_ratio:.2f}x and peak"
         f" memory <= {max_memory_ratio:.2f}x of {baseline})"
     )
-    return Verdict("overhead", statement, verdict, evidence, candidate, baseline=baseline,
-                   estimate=step[0], low=step[1], high=step[2])  # fmt: skip
+    return Verdict(
+        "overhead",
+        statement,
+        verdict,
+        evidence,
+        candidate,
+        baseline=baseline,
+        estimate=step[0],
+        low=step[1],
+        high=step[2],
+    )
