@@ -327,7 +327,10 @@ TRAINER_ARMS = {
     "plain DDP": {"moo": "none"},
     "mgda/bucket (trainer, DDP hook)": {"moo": "mgda", "moo_scope": "bucket"},
     "mgda/global (trainer, DDP hook)": {"moo": "mgda", "moo_scope": "global"},
+    "mgda/bucket, split passes": {"moo": "mgda", "moo_scope": "bucket", "moo_gradients": "split"},
 }
+# full fine-tuning trains RMSNorm weights: no one-backward capture, every MOO arm is split
+TRAINER_SKIP = {"full": {"mgda/bucket, split passes"}, "lora": set()}
 
 
 def _trainer_inputs(root: Path, quick: bool) -> tuple[Path, Path]:
@@ -393,7 +396,7 @@ def trainer_bench(args, setting: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         model_dir, data = _trainer_inputs(root, args.quick)
-        arms = list(TRAINER_ARMS)
+        arms = [a for a in TRAINER_ARMS if a not in TRAINER_SKIP[setting]]
         results: dict[str, list[dict]] = {a: [] for a in arms}
         for r in tqdm(range(args.rounds), desc=f"trainer under torchrun, {setting}"):
             order = arms[r % len(arms) :] + arms[: r % len(arms)]
