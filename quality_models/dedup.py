@@ -22,122 +22,66 @@ ablations can "rehydrate" (up-weight by cluster size) instead of dropping.
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from functools import cache
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import regex
-from datasketch import MinHash
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from .config import DedupConfig
 from .contract import StageResult, content_hash, empty_rejected, rejected_rows
+from .shingles import (  # noqa: F401 - re-exported: the scalar twins the tests check against
+    combine_tokens,
+    fmix32,
+    minhash,
+    permutations,
+    shingle_batch,
+    token_hash,
+    unique_sets,
+    word_tokens,
+)
 
-_WORD = regex.compile(r"[\p{L}\p{N}\p{M}]+")
 _SPACE_OR_PUNCT = regex.compile(r"[\s\p{P}\p{S}]+")
-_MASK32 = np.uint64(0xFFFFFFFF)
-_POLY = np.uint64(0x01000193)  # FNV prime: combines token hashes into one shingle hash
-
-
-def fmix32(h: np.ndarray) -> np.ndarray:
-    """MurmurHash3's 32-bit finaliser, as datasketch's ``affine32`` scheme pre-mixes inputs."""
-    h = h.astype(np.uint32, copy=True)
-    h ^= h >> np.uint32(16)
-    h *= np.uint32(0x85EBCA6B)
-    h ^= h >> np.uint32(13)
-    h *= np.uint32(0xC2B2AE35)
-    h ^= h >> np.uint32(16)
-    return h
-
-
-@cache
-def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """datasketch's own permutation parameters for ``(num_perm, seed)``."""
-    a, b = MinHash(num_perm=num_perm, seed=seed).permutations
-    return np.asarray(a, dtype=np.uint32), np.asarray(b, dtype=np.uint32)
-
-
-def combine_tokens(token_hashes: Sequence[int]) -> int:
-    """Hash of one shingle from its token hashes (the scalar twin of the vectorised path)."""
-    h = np.uint64(0)
-    for t in token_hashes:
-        h = (h * _POLY + np.uint64(t)) & _MASK32
-    return int(h)
-
-
-def _ngram_hashes(tokens: np.ndarray, n: int) -> np.ndarray:
-    """Vectorised polynomial hash of every n-gram of a 1-D uint64 token-hash array."""
-    if len(tokens) == 0:
-        return np.zeros(0, dtype=np.uint32)
-    if len(tokens) <= n:
-        return np.array([combine_tokens(tokens.tolist())], dtype=np.uint32)
-    m = len(tokens) - n + 1
-    h = np.zeros(m, dtype=np.uint64)
-    for j in range(n):
-        h = (h * _POLY + tokens[j : j + m]) & _MASK32
-    return np.unique(h.astype(np.uint32))
 
 
 def shingle_text(text: str) -> str:
     return _SPACE_OR_PUNCT.sub(" ", text.lower()).strip()
 
 
-def word_tokens(text: str) -> list[str]:
-    return _WORD.findall(text.lower())
-
-
 def shingle_hashes(text: str, use_chars: bool, config: DedupConfig) -> np.ndarray:
-    """The set of 32-bit shingle hashes of a document: word n-grams, or character n-grams for
-    languages written without spaces (after lower-casing and removing punctuation)."""
-    if use_chars:
-        s = shingle_text(text).replace(" ", "")
-        codes = np.frombuffer(s.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
-        return _ngram_hashes(codes, config.char_ngram)
-    toks = word_tokens(text)
-    codes = np.fromiter((zlib.crc32(t.encode()) for t in toks), dtype=np.uint64, count=len(toks))
-    return _ngram_hashes(codes, config.word_ngram)
+    """The set of 32-bit shingle hashes of a document (sorted, unique): word n-grams, or
+    character n-grams for languages written without spaces (after lower-casing and removing
+    punctuation). The same hashes :func:`signatures` computes in bulk
+    (:mod:`quality_models.shingles`)."""
+    hashes, _ = shingle_batch([text], use_chars, config.word_ngram, config.char_ngram)
+    return np.unique(hashes)
+
+
+def shingle_sets(texts: Sequence[str] | pa.Array, use_chars: bool, config: DedupConfig):
+    """:func:`shingle_hashes` of many documents at once."""
+    hashes, offsets = shingle_batch(texts, use_chars, config.word_ngram, config.char_ngram)
+    return unique_sets(hashes, offsets)
 
 
 def signatures(
-    texts: Sequence[str], use_chars: bool, config: DedupConfig, batch_shingles: int = 200_000
+    texts: Sequence[str] | pa.Array, use_chars: bool, config: DedupConfig, batch_docs: int = 4096
 ) -> tuple[np.ndarray, np.ndarray]:
-    """MinHash signatures (n_docs x num_perm, uint32) and a mask of documents with shingles."""
-    a, b = permutations(config.num_perm, config.seed)
-    sig = np.full((len(texts), config.num_perm), np.iinfo(np.uint32).max, dtype=np.uint32)
-    has = np.zeros(len(texts), dtype=bool)
-    pending: list[np.ndarray] = []
-    pending_idx: list[int] = []
-    size = 0
-
-    def flush() -> None:
-        nonlocal size
-        if not pending:
-            return
-        lengths = np.array([len(p) for p in pending])
-        hv = fmix32(np.concatenate(pending))[:, None]
-        phv = hv * a[None, :] + b[None, :]  # uint32 wraparound = mod 2^32, as datasketch
-        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-        sig[pending_idx] = np.minimum.reduceat(phv, starts, axis=0)
-        pending.clear()
-        pending_idx.clear()
-        size = 0
-
-    for i, text in enumerate(texts):
-        sh = shingle_hashes(text, use_chars, config)
-        if len(sh) == 0:
-            continue
-        has[i] = True
-        pending.append(sh)
-        pending_idx.append(i)
-        size += len(sh)
-        if size >= batch_shingles:
-            flush()
-    flush()
+    """MinHash signatures (n_docs x num_perm, uint32) and a mask of documents with shingles,
+    computed a batch of documents at a time (:func:`quality_models.shingles.minhash`)."""
+    arr = texts if isinstance(texts, (pa.Array, pa.ChunkedArray)) else pa.array(texts, pa.string())
+    n = len(arr)
+    sig = np.empty((n, config.num_perm), dtype=np.uint32)
+    has = np.zeros(n, dtype=bool)
+    for lo in range(0, n, batch_docs):
+        part = arr.slice(lo, batch_docs)
+        hashes, offsets = shingle_batch(part, use_chars, config.word_ngram, config.char_ngram)
+        s, h = minhash(hashes, offsets, config.num_perm, config.seed)
+        sig[lo : lo + len(part)] = s
+        has[lo : lo + len(part)] = h
     return sig, has
 
 
@@ -306,11 +250,15 @@ def keep_order(doc_ids: Sequence[str], lengths: Sequence[int], keep: str) -> np.
     """Document indices, the one to keep first: by ``doc_id`` (``lowest_doc_id``) or by length,
     longest first, then ``doc_id`` (``longest``). It depends on the documents, never on their
     row order (doc_ids are unique after ingest; equal ones fall back to row order)."""
+    ids = doc_ids if isinstance(doc_ids, (pa.Array, pa.ChunkedArray)) else pa.array(doc_ids)
+    cols = {"doc_id": ids.cast(pa.string())}
+    keys = [("doc_id", "ascending")]
     if keep == "longest":
-        order = sorted(range(len(doc_ids)), key=lambda i: (-lengths[i], doc_ids[i]))
-    else:
-        order = sorted(range(len(doc_ids)), key=lambda i: doc_ids[i])
-    return np.array(order, dtype=np.int64)
+        cols = {"length": pa.array(np.asarray(lengths, dtype=np.int64)), **cols}
+        keys = [("length", "descending"), *keys]
+    # Arrow sorts UTF-8 bytes, which is code point order (Python's), and stably
+    order = pc.sort_indices(pa.table(cols), sort_keys=keys)
+    return np.asarray(order, dtype=np.int64)
 
 
 def exact_units(
@@ -333,7 +281,7 @@ def exact_units(
 
 
 def near_representatives(
-    texts: Sequence[str], use_chars: bool, config: DedupConfig
+    texts: Sequence[str] | pa.Array, use_chars: bool, config: DedupConfig
 ) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
     """Signatures -> LSH candidate pairs -> components -> verified split, over ``texts`` given in
     keep order. Returns ``(rep, jac, stats)`` per text (as :func:`assign_representatives`)."""
@@ -344,7 +292,9 @@ def near_representatives(
     sizes = np.bincount(labels, minlength=n)
     if config.similarity == "shingles":
         in_multi = np.flatnonzero(sizes[labels] > 1)
-        sets = {int(i): shingle_hashes(texts[i], use_chars, config) for i in in_multi}
+        arr = texts if isinstance(texts, (pa.Array, pa.ChunkedArray)) else pa.array(texts)
+        picked = shingle_sets(arr.take(pa.array(in_multi, pa.int64())), use_chars, config)
+        sets = dict(zip(in_multi.tolist(), picked, strict=True))
         similarity = shingle_similarity(sets)
     else:
         similarity = signature_similarity(sig)
@@ -370,12 +320,14 @@ def dedup_stage(table: pa.Table, config: DedupConfig, lang: str | None = None) -
     ``doc_id`` and ``dup_cluster_size`` the size of its cluster, exact copies included.
     Columns beyond the contract pass through untouched."""
     config.validate()
-    texts = table.column("text").to_pylist()
-    doc_ids = table.column("doc_id").to_pylist()
+    text_col = table.column("text").combine_chunks()
+    texts = text_col.to_pylist()
+    doc_col = table.column("doc_id").combine_chunks()
+    doc_ids = doc_col.to_pylist()
     n = len(texts)
-    lengths = [len(t) for t in texts]
+    lengths = np.asarray(pc.utf8_length(text_col), dtype=np.int64) if n else np.zeros(0, np.int64)
     hashes = [content_hash(t) for t in texts]
-    unit_of, unit_doc = exact_units(hashes, keep_order(doc_ids, lengths, config.keep), config.exact)
+    unit_of, unit_doc = exact_units(hashes, keep_order(doc_col, lengths, config.keep), config.exact)
     use_chars = config.shingle == "char" or (lang in config.char_languages)
     n_units = len(unit_doc)
     rep_unit, jac_unit = np.arange(n_units, dtype=np.int64), np.ones(n_units)
@@ -383,7 +335,7 @@ def dedup_stage(table: pa.Table, config: DedupConfig, lang: str | None = None) -
              "components_split": 0}  # fmt: skip
     if config.near and n_units > 1:
         rep_unit, jac_unit, stats = near_representatives(
-            [texts[i] for i in unit_doc], use_chars, config
+            text_col.take(pa.array(unit_doc, pa.int64())), use_chars, config
         )
     final = unit_doc[rep_unit[unit_of]] if n else np.zeros(0, dtype=np.int64)  # kept doc
     keep = final == np.arange(n)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import random
-import zlib
 
 import numpy as np
 import pyarrow as pa
@@ -27,6 +26,7 @@ from quality_models.dedup import (
     shingle_hashes,
     signatures,
     split_component,
+    token_hash,
     word_tokens,
 )
 from quality_models.shipped_text import running_text
@@ -128,7 +128,7 @@ def test_signatures_equal_datasketch_minhash():
     sig, has = signatures(texts, use_chars=False, config=cfg)
     assert has.all()
     for i, text in enumerate(texts):
-        toks = [zlib.crc32(w.encode()) for w in word_tokens(text)]
+        toks = [token_hash(w) for w in word_tokens(text)]
         shingles = {tuple(toks[j : j + 5]) for j in range(max(1, len(toks) - 4))}
         ref = MinHash(num_perm=cfg.num_perm, seed=cfg.seed, hashfunc=combine_tokens)
         ref.update_batch(list(shingles))
@@ -384,7 +384,9 @@ def test_metadata_reports_threshold_and_the_lsh_curve():
     assert m["threshold"] == 0.7 and m["similarity"] == "signature"
     assert m["effective_threshold"] == pytest.approx((1 / 14) ** (1 / 8), abs=1e-4)
     assert m["candidate_probability_at_threshold"] == pytest.approx(0.5645, abs=1e-3)
-    assert m["components_with_duplicates"] == 3 and m["components_split"] == 3
+    # three chains of ten: a chain is one LSH component unless a step's pair was missed
+    assert 3 <= m["components_with_duplicates"] <= 6
+    assert m["components_split"] == m["components_with_duplicates"]  # one keep cannot cover one
     assert m["near_removed"] == res.rejected.num_rows == sum(m["near_jaccard_histogram"].values())
     sizes = res.kept["dup_cluster_size"].to_pylist()
     assert m["clusters_with_duplicates"] == sum(s > 1 for s in sizes) >= 6  # >= 2 per chain
