@@ -14,7 +14,7 @@ from quality_models.contract import read_parquet
 
 from .partitions import parse_run_key, variant_run_partitions
 from .resources import GovtuneHome
-from .training import run_dir_for
+from .training import TRAINING_POOL, TRAINING_TAG, run_dir_for
 
 
 class EvaluationConfig(dg.Config):
@@ -105,7 +105,8 @@ def _summary(out) -> dict:
     deps=[dg.AssetDep("finetune")],  # same (variant, run) partition
     partitions_def=variant_run_partitions,
     kinds={"pytorch", "parquet"},
-    op_tags={"govtune/stage": "training"},
+    op_tags={"govtune/stage": TRAINING_TAG},
+    pool=TRAINING_POOL,
 )
 def model_evaluation(
     context: dg.AssetExecutionContext,

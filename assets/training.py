@@ -9,9 +9,16 @@ import sys
 
 import dagster as dg
 
-from .partitions import parse_run_key, variant_run_partitions
+from evaluation.frames import TRANSLATE_TRAIN
+
+from .partitions import parse_run_key, run_protocol, variant_run_partitions
 from .resources import GovtuneHome
-from .tasks import file_version
+from .tasks import file_version, task_pool_languages
+
+# the run tag dagster.yaml's run queue limits to one at a time, and the concurrency pool of the
+# training and scoring steps (one at a time across every run, however it was launched)
+TRAINING_TAG = "training"
+TRAINING_POOL = "training"
 
 
 class BaseModelConfig(dg.Config):
@@ -48,7 +55,9 @@ class FinetuneConfig(dg.Config):
     batch_size: int = 8
     max_length: int = 64
     lr: float = 2e-4
-    train_langs: list[str] = ["en"]  # classification: zero-shot cross-lingual by default
+    train_langs: list[str] = ["en"]  # zero-shot classification runs: XNLI's protocol
+    # translate-train (``tt-``) runs: these languages (empty: every language of the task pool)
+    translate_train_langs: list[str] = []
     translation_langs: list[str] = ["de"]  # translation runs: en<->xx for these languages
     eval_max_examples: int = 64
     moo: str = "none"  # none | mgda | pcgrad | cagrad
@@ -77,9 +86,13 @@ def trainer_data(home: GovtuneHome, variant: str):
     return path
 
 
-def train_config(config: FinetuneConfig, task: str, method: str, seed: int, run_dir, data, model):
+def train_config(
+    config: FinetuneConfig, task: str, method: str, seed: int, run_dir, data, model,
+    langs: list[str] | None = None,
+):  # fmt: skip
     """The trainer's configuration as dotted keys (``python -m training`` / Pipes extras)."""
-    langs = config.train_langs if task == "classification" else config.translation_langs
+    if langs is None:
+        langs = config.train_langs if task == "classification" else config.translation_langs
     return {
         "run_dir": str(run_dir), "model": str(model), "data": str(data), "task": task,
         "method.name": method, "method.hybrid.rule": config.rule, "steps": config.steps,
@@ -121,7 +134,8 @@ def finished(run_dir, dotted: dict) -> bool:
     ],
     partitions_def=variant_run_partitions,
     kinds={"pytorch"},
-    op_tags={"govtune/stage": "training"},
+    op_tags={"govtune/stage": TRAINING_TAG},
+    pool=TRAINING_POOL,
 )
 def finetune(
     context: dg.AssetExecutionContext,
@@ -134,20 +148,27 @@ def finetune(
     keys = context.partition_key.keys_by_dimension
     variant, run = keys["variant"], keys["run"]
     task, method, seed = parse_run_key(run)
+    protocol = run_protocol(run)
     run_dir = run_dir_for(home, config.experiment, variant, run)
+    langs = None
     if task == "classification":
         data = trainer_data(home, variant)
         trained_on = {"trained_on": f"classification_train[{variant}]"}
+        if protocol == TRANSLATE_TRAIN:
+            langs = config.translate_train_langs or task_pool_languages(home)
     else:
         data = home.path("tasks", "translation.parquet")
         trained_on = {"trained_on": "translation_task (every language)"}
     trained_on["data_version"] = file_version(data)
     model = model_path(home, config.model)
-    dotted = train_config(config, task, method, seed, run_dir, data, model)
+    dotted = train_config(config, task, method, seed, run_dir, data, model, langs)
     common = {"variant": variant, "method": method, "seed": seed, "task": task,
-              "experiment": config.experiment,
+              "protocol": protocol or "translation", "experiment": config.experiment,
+              "train_langs": ",".join(dotted["train_langs"] or []),
               "run_dir": dg.MetadataValue.path(str(run_dir)),
               "data": dg.MetadataValue.path(str(data)), **trained_on}  # fmt: skip
+    if method == "lexical":  # fitted at scoring time on the same rows: nothing to train here
+        return dg.MaterializeResult(metadata={**common, "trained": False, "reused": False})
     if finished(run_dir, dotted):
         context.log.info(f"{run_dir} already holds this finished run: reused")
         summary = json.loads((run_dir / "summary.json").read_text())

@@ -14,7 +14,8 @@ from typing import Any
 import dagster as dg
 import yaml
 
-from assets.partitions import run_key, variant_run_key
+from assets.partitions import parse_run_key, run_key, variant_run_key
+from evaluation.frames import TRANSLATE_TRAIN
 from pipelines.runner import materialize_partitions
 
 
@@ -26,6 +27,11 @@ class ExperimentPlan:
     variant: str = "full"
     methods: list[str] = field(default_factory=lambda: ["lora", "hybrid"])
     seeds: list[int] = field(default_factory=lambda: [0])
+    # reference rows of every table, scored once (deterministic): lexical, untuned
+    baselines: list[str] = field(default_factory=list)
+    # translate-train runs (``tt-``: trained on every task language), a second table
+    translate_train_methods: list[str] = field(default_factory=list)
+    translate_train_seeds: list[int] = field(default_factory=lambda: [0])
     translation_methods: list[str] = field(default_factory=list)
     translation_seeds: list[int] = field(default_factory=lambda: [0])
     ablation_variants: list[str] = field(default_factory=list)
@@ -43,12 +49,18 @@ class ExperimentPlan:
         unknown = sorted(set(data) - set(cls.__dataclass_fields__))
         if unknown:
             raise ValueError(f"{path}: unknown keys {unknown}")
-        return cls(**data)
+        plan = cls(**data)
+        for _, run in plan.keys():  # a typo in a method name is an error now, not at run time
+            try:
+                parse_run_key(run)
+            except ValueError as exc:
+                raise ValueError(f"{path}: {exc}") from None
+        return plan
 
     def keys(self) -> list[tuple[str, str]]:
         """(variant, run) in the order that makes partial results most useful: every method at
         the first seed, translation, the other seeds, then the ablation arms."""
-        out: list[tuple[str, str]] = []
+        out: list[tuple[str, str]] = [(self.variant, run_key(b, 0)) for b in self.baselines]
         for seed in self.seeds[:1]:
             out += [(self.variant, run_key(m, seed)) for m in self.methods]
         for seed in self.translation_seeds:
@@ -57,6 +69,11 @@ class ExperimentPlan:
             ]
         for seed in self.seeds[1:]:
             out += [(self.variant, run_key(m, seed)) for m in self.methods]
+        for seed in self.translate_train_seeds:
+            out += [
+                (self.variant, run_key(m, seed, protocol=TRANSLATE_TRAIN))
+                for m in self.translate_train_methods
+            ]
         out += [(v, r) for r in self.ablation_runs for v in self.ablation_variants]
         return list(dict.fromkeys(out))
 
@@ -115,11 +132,15 @@ def run_experiment(
 ) -> int:
     """Train and score every partition of the plan, then materialise the report assets
     (``until="finetune"`` stops after training)."""
+    from assets.partitions import run_partitions
     from pipelines.definitions import defs
 
     ensure_inputs(defs, instance, plan)
     config = plan.run_config()
     keys = plan.keys()
+    new = sorted({r for _, r in keys} - set(instance.get_dynamic_partitions(run_partitions.name)))
+    if new:  # the plan's runs become partitions: the UI lists what exists, not every method
+        instance.add_dynamic_partitions(run_partitions.name, new)
     print(f"experiment {plan.experiment}: {len(keys)} runs", flush=True)
     selection = ["finetune"] if until == "finetune" else ["finetune", "model_evaluation"]
     materialize_partitions(

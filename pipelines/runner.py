@@ -19,29 +19,73 @@ def instance() -> dg.DagsterInstance:
     return dg.DagsterInstance.get()
 
 
+def run_tags(
+    partition_key: str | dg.MultiPartitionKey | None, run_config: dict | None = None
+) -> dict[str, str]:
+    """Tags that say what a run did, for the Runs page filters: the governance variant, the
+    language, the method, seed and task of an experiment run, and the experiment's name."""
+    from assets.partitions import parse_run_key
+
+    tags: dict[str, str] = {}
+    if isinstance(partition_key, dg.MultiPartitionKey):
+        dims = partition_key.keys_by_dimension
+        if "variant" in dims:
+            tags["govtune/variant"] = dims["variant"]
+        if "lang" in dims:
+            tags["govtune/lang"] = dims["lang"]
+        if "run" in dims:
+            task, method, seed = parse_run_key(dims["run"])
+            tags.update({"govtune/method": method, "govtune/seed": str(seed), "govtune/task": task})
+    ops = (run_config or {}).get("ops", {})
+    for op in ops.values():
+        experiment = op.get("config", {}).get("experiment")
+        if experiment:
+            tags["govtune/experiment"] = experiment
+            break
+    return tags
+
+
 def materialize_partitions(
     defs: dg.Definitions,
     inst: dg.DagsterInstance,
     selection: str | Sequence[str],
     partition_keys: Sequence[str | dg.MultiPartitionKey | None],
     run_config: dict | None = None,
+    tags: dict[str, str] | None = None,
 ) -> None:
-    """One in-process run per partition key; stops at the first failure with its message."""
+    """One in-process run of the named job that materialises ``selection``, per partition key
+    (``pipelines.jobs``: never the anonymous asset job); stops at the first failure."""
+    from pipelines.jobs import job_for, job_selection
+
+    name = job_for(selection)
+    job = defs.resolve_job_def(name)
+    wanted = [selection] if isinstance(selection, str) else list(selection)
+    subset = None if set(wanted) == set(job_selection(name)) else wanted
     for key in partition_keys:
         t = time.time()
-        result = dg.materialize(
-            assets=list(defs.assets),
-            selection=selection,
-            partition_key=str(key) if key is not None else None,
+        variant = _variant_of(key)
+        all_tags = {**run_tags(key, run_config), **(tags or {})}
+        if variant and "govtune/variant" not in all_tags:
+            all_tags["govtune/variant"] = variant
+        result = job.execute_in_process(
             instance=inst,
-            resources=defs.resources,
+            partition_key=str(key) if key is not None else None,
             run_config={**QUIET, **(run_config or {})},
+            asset_selection=[dg.AssetKey(a) for a in subset] if subset else None,
+            tags=all_tags,
             raise_on_error=False,
         )
-        label = f"{selection if isinstance(selection, str) else ','.join(selection)} [{key}]"
+        label = f"{name}: {','.join(wanted)} [{key}]"
         if not result.success:
-            raise RuntimeError(f"materialisation failed: {label} (run {result.run_id})")
+            raise RuntimeError(f"run failed: {label} (run {result.run_id})")
         print(f"  ok  {label}  ({time.time() - t:.1f}s)", flush=True)
+
+
+def _variant_of(key: str | dg.MultiPartitionKey | None) -> str | None:
+    """A plain partition key that is a governance variant (language_id, ledger, ...)."""
+    from quality_models.pipeline import VARIANTS
+
+    return key if isinstance(key, str) and key in VARIANTS else None
 
 
 def languages_kept(home, variant: str) -> list[str]:

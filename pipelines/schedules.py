@@ -9,15 +9,12 @@ import os
 
 import dagster as dg
 
-from assets.ingest import raw_documents, source_partitions
-
-refresh_job = dg.define_asset_job(
-    "source_refresh", selection=dg.AssetSelection.assets(raw_documents)
-)
+from assets.ingest import source_partitions
+from pipelines.jobs import source_refresh_job
 
 
 @dg.schedule(
-    job=refresh_job,
+    job=source_refresh_job,
     cron_schedule=os.environ.get("GOVTUNE_REFRESH_CRON", "0 3 * * *"),
     default_status=dg.DefaultScheduleStatus.STOPPED,
 )

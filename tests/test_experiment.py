@@ -12,7 +12,14 @@ import dagster as dg
 import pyarrow as pa
 import pytest
 
-from assets.partitions import RUN_KEYS, parse_run_key, run_key, variant_run_key
+from assets.partitions import (
+    METHODS,
+    parse_run_key,
+    run_key,
+    run_partitions,
+    run_protocol,
+    variant_run_key,
+)
 from assets.reports import REPORT_TABLES
 from assets.resources import GovtuneHome
 from assets.stage_io import GovernanceSettings
@@ -26,11 +33,15 @@ warnings.filterwarnings("ignore", category=dg.BetaWarning)
 
 
 def test_run_keys_round_trip_and_reject_junk():
-    for key in RUN_KEYS:
+    keys = [run_key(m, s, "classification", p) for m in METHODS for s in (0, 7)
+            for p in ("zero_shot", "translate_train")]  # fmt: skip
+    keys += [run_key(m, s, "translation") for m in METHODS[2:] for s in (0, 7)]
+    for key in keys:
         task, method, seed = parse_run_key(key)
-        assert run_key(method, seed, task) == key
+        assert run_key(method, seed, task, run_protocol(key)) == key
     assert parse_run_key("mt-lora_ga-s2") == ("translation", "lora_ga", 2)
-    for bad in ("lora", "sgd-s0", "lora-sx", "mt-"):
+    assert run_protocol("tt-hybrid-s1") == "translate_train"
+    for bad in ("lora", "sgd-s0", "lora-sx", "mt-", "mt-lexical-s0"):
         with pytest.raises(ValueError, match="not a run key"):
             parse_run_key(bad)
 
@@ -102,6 +113,7 @@ def test_experiment_grid_reuse_and_reports(home):
     instance = dg.DagsterInstance.ephemeral()
     keys = [("full", "lora-s0"), ("full", "hybrid-s0"), ("none", "hybrid-s0"),
             ("full", "mt-lora-s0")]  # fmt: skip
+    instance.add_dynamic_partitions(run_partitions.name, sorted({r for _, r in keys}))
     for variant, run in keys:
         res = _materialize(home, instance, ["finetune", "model_evaluation"],
                            variant_run_key(variant, run), config)  # fmt: skip
