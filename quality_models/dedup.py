@@ -185,7 +185,7 @@ def shingle_similarity(sets: Mapping[int, np.ndarray] | Sequence[np.ndarray]) ->
 
 
 def split_component(
-    members: np.ndarray, similarity: Similarity, threshold: float
+    members: np.ndarray, similarity: Similarity, threshold: float, n_fixed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
     """Split one LSH component around kept representatives, greedily in ``members``' order
     (keep priority): the first unassigned member is kept, every unassigned member with
@@ -194,26 +194,28 @@ def split_component(
     document unless the kept one it names is itself near it.
 
     Returns ``(rep, jac)`` aligned with ``members``: the kept member each one is assigned to
-    (itself when kept) and its Jaccard to it (1.0 for the kept ones)."""
+    (itself when kept) and its Jaccard to it (1.0 for the kept ones).
+
+    The first ``n_fixed`` members are kept already (an incremental run's earlier generations):
+    each is a representative, in order, and none of them is ever assigned to another."""
     m = len(members)
     rep = np.array(members, dtype=np.int64, copy=True)
     jac = np.ones(m)
     open_ = np.ones(m, dtype=bool)
-    k = 0
-    while True:
-        while k < m and not open_[k]:
-            k += 1
-        if k >= m:
-            break
+    open_[:n_fixed] = False
+    for k in range(m):
+        if k >= n_fixed and not open_[k]:
+            continue  # assigned to an earlier representative
         open_[k] = False
         cand = np.flatnonzero(open_)
-        if len(cand):
-            s = similarity(int(members[k]), members[cand])
-            near = s >= threshold
-            hit = cand[near]
-            rep[hit] = members[k]
-            jac[hit] = s[near]
-            open_[hit] = False
+        if not len(cand):
+            break
+        s = similarity(int(members[k]), members[cand])
+        near = s >= threshold
+        hit = cand[near]
+        rep[hit] = members[k]
+        jac[hit] = s[near]
+        open_[hit] = False
     return rep, jac
 
 
