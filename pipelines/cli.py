@@ -26,6 +26,13 @@ def _curate(args: argparse.Namespace) -> int:
         config.languages = args.languages.split(",")
     if args.workers is not None:
         config.workers = args.workers
+    if args.engine:
+        config.engine.name = args.engine
+    if args.address:
+        config.engine.name, config.engine.address = "ray", args.address
+    if config.engine.name == "ray":
+        config.workers = 1  # Ray spreads each language's dedup itself; no process pool on top
+    config.engine.validate()
     raw = ingest_sources(args.inputs, config.ingest)
     models = _kenlm_models(args.kenlm_dir) if args.kenlm_dir else None
     result = curate(raw, config, models, variant=args.variant)
@@ -141,6 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
     cur.add_argument("--languages", help="comma-separated languages in scope")
     cur.add_argument("--kenlm-dir", help="folder of KenLM models (<lang>.binary, any depth)")
     cur.add_argument("--workers", type=int, help="processes across languages")
+    cur.add_argument(
+        "--engine", choices=["local", "ray"], help="where the stages run (default: the config's)"
+    )
+    cur.add_argument("--address", help="Ray cluster address (implies --engine ray)")
     cur.set_defaults(func=_curate)
     dc = sub.add_parser("demo-corpus", help="build the demo corpus with planted noise")
     dc.add_argument("out")

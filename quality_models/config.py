@@ -118,6 +118,32 @@ class DedupConfig:
 
 
 @dataclass
+class EngineConfig:
+    """Where the stage functions run (``quality_models/engine.py``, ``docs/scale.md``).
+
+    ``local``: in this process, a shard of ``batch_rows`` documents at a time, intermediate
+    results spilled to disk, so memory stays bounded by the shard size. ``ray``: the same
+    functions as Ray tasks, on the cluster at ``address`` (``ray start`` / KubeRay) or, without
+    one, on a local Ray with ``num_cpus`` CPUs. Both give identical outputs."""
+
+    name: Literal["local", "ray"] = "local"
+    address: str | None = None  # e.g. "ray://head:10001" or "auto"; None: start a local Ray
+    num_cpus: int | None = None  # local Ray only (None: every core)
+    batch_rows: int = 100_000  # documents per shard (one task's input)
+    partitions: int | None = None  # shuffle partitions per stage (None: 2 x the CPUs)
+
+    def validate(self, where: str = "config.engine") -> None:
+        if self.name not in ("local", "ray"):
+            raise ConfigError(f"{where}.name: 'local' or 'ray', not {self.name!r}")
+        if self.batch_rows < 1:
+            raise ConfigError(f"{where}.batch_rows: at least 1, not {self.batch_rows}")
+        if self.num_cpus is not None and self.num_cpus < 1:
+            raise ConfigError(f"{where}.num_cpus: at least 1, not {self.num_cpus}")
+        if self.partitions is not None and self.partitions < 1:
+            raise ConfigError(f"{where}.partitions: at least 1, not {self.partitions}")
+
+
+@dataclass
 class QualityConfig:
     enabled: bool = True
     rule_sets: list[str] = field(default_factory=lambda: ["gopher", "c4", "fineweb"])
@@ -135,6 +161,7 @@ class GovernanceConfig:
     language_id: LanguageIdConfig = field(default_factory=LanguageIdConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
     # KenLMConfig fields (quality_models/perplexity.py). The default labels CCNet buckets and keeps
     # every document: percentile cutoffs on short UI strings would drop 40% of clean messages.
     perplexity: dict[str, Any] = field(default_factory=lambda: {"policy": "label_only"})
@@ -218,6 +245,7 @@ def validate(cfg: GovernanceConfig) -> None:
     if not cfg.languages:
         raise ConfigError("config.languages: at least one language is required")
     cfg.dedup.validate("config.dedup")
+    cfg.engine.validate("config.engine")
     if cfg.quality.profile not in ("short", "web"):
         raise ConfigError(f"config.quality.profile: 'short' or 'web', not {cfg.quality.profile!r}")
     unknown_sets = set(cfg.quality.rule_sets) - {"gopher", "c4", "fineweb"}

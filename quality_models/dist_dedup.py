@@ -764,3 +764,28 @@ def dedup_generations(
         out.append(res)
         index = build_index([res.kept], cfg, lang, previous=index)
     return out
+
+
+def dedup_with_engine(
+    table: pa.Table, cfg: DedupConfig, lang: str | None, engine_config: Any = None
+) -> StageResult:
+    """:func:`quality_models.dedup.dedup_stage`'s result, computed in shards of
+    ``engine_config.batch_rows`` on the engine it names (the same rows and ledger). A table
+    that fits one shard on the local engine goes straight to ``dedup_stage``."""
+    from .config import EngineConfig
+    from .dedup import dedup_stage
+    from .engine import make_engine, temporary_spill_dir
+
+    ec = engine_config or EngineConfig()
+    if ec.name == "local" and table.num_rows <= ec.batch_rows:
+        return dedup_stage(table, cfg, lang)
+    spill = temporary_spill_dir() if ec.name == "local" else None
+    try:
+        engine = make_engine(ec, spill_dir=spill)
+        shards = [table.slice(lo, ec.batch_rows) for lo in range(0, table.num_rows, ec.batch_rows)]
+        return dedup_sharded(shards or [table], cfg, lang, engine).to_stage_result()
+    finally:
+        if spill:
+            import shutil
+
+            shutil.rmtree(spill, ignore_errors=True)

@@ -75,6 +75,10 @@ def dedup_or_skip(table: pa.Table, config: GovernanceConfig, lang: str, variant:
     name the arm; every arm with dedup enabled dedups the same way)."""
     if not config.dedup.enabled:
         return passthrough(table, "dedup", "dedup disabled")
+    if config.engine.name != "local" or table.num_rows > config.engine.batch_rows:
+        from .dist_dedup import dedup_with_engine  # sharded, on the configured engine
+
+        return dedup_with_engine(table, config.dedup, lang, config.engine)
     return dedup_stage(table, config.dedup, lang)
 
 
