@@ -13,6 +13,7 @@ from quality_models.contract import (
 )
 from quality_models.storage import NotPublished, read_published
 
+from . import ui
 from .partitions import variant_and_lang, variant_language_partitions
 from .quality import quality_scored
 from .resources import GovtuneHome
@@ -36,6 +37,7 @@ CURATED_CHECK = "matches_quality_scored"
             description="the curated file holds exactly the rows quality_scored kept (on disk)",
         )
     ],
+    owners=["team:governance"],
 )
 def curated(context: dg.AssetExecutionContext, home: GovtuneHome):
     """`curated/<variant>/<lang>.parquet` plus `<lang>.md`: counts, settings, rejections. Pass-
@@ -58,6 +60,8 @@ def curated(context: dg.AssetExecutionContext, home: GovtuneHome):
             "dagster/row_count": table.num_rows,
             "path": dg.MetadataValue.path(str(path)),
             "quality_buckets": dg.MetadataValue.json(buckets),
+            "kept_sample": ui.kept_sample(table),
+            "dagster/column_schema": ui.column_schema(table.schema),
             "card": dg.MetadataValue.md(card),
         },
     )
@@ -68,7 +72,11 @@ def curated(context: dg.AssetExecutionContext, home: GovtuneHome):
     yield dg.AssetCheckResult(
         check_name=CURATED_CHECK,
         passed=same,
-        metadata={"quality_scored_kept": upstream.kept_rows(), "curated_rows": written.num_rows},
+        metadata={
+            "partition": str(context.partition_key),
+            "quality_scored_kept": upstream.kept_rows(),
+            "curated_rows": written.num_rows,
+        },
     )
 
 

@@ -28,4 +28,9 @@ def deduplicated(context: dg.AssetExecutionContext, home: GovtuneHome,
     variant, lang = variant_and_lang(context)
     table = read_stage(home, variant, "language_id", "all").kept(lang)
     result = dedup_or_skip(table, governance.load(variant), lang, variant)
-    yield from finish_stage(result, table.num_rows, home.stage_dir(variant, "deduplicated", lang))
+    yield from finish_stage(
+        result,
+        table.num_rows,
+        home.stage_dir(variant, "deduplicated", lang),
+        partition=str(context.partition_key),
+    )

@@ -82,6 +82,7 @@ def raw_documents(
         result,
         result.n_in,
         home.stage_dir("all", "raw_documents", source),
+        partition=source,
         sources=result.metadata["sources"],
         quarantined=reason_counts(result.rejected),
     )

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 from quality_models.contract import REJECTED_SCHEMA, write_parquet_atomic
 from quality_models.storage import NotPublished, read_published
 
+from . import ui
 from .curated import curated
 from .dedup import deduplicated
 from .ingest import raw_documents, source_partitions
@@ -126,6 +127,7 @@ def audit(home: GovtuneHome, variant: str, sources: list[str]) -> dict:
             "variant or one ledger row (counted by doc_id across all partitions)",
         )
     ],
+    owners=["team:governance"],
 )
 def ledger(context: dg.AssetExecutionContext, home: GovtuneHome):
     """Every ledger row of one governance variant (all sources, stages and languages) in
@@ -150,6 +152,7 @@ def ledger(context: dg.AssetExecutionContext, home: GovtuneHome):
                 "\n".join(["| stage | reason | documents |", "|---|---|---:|", *rows])
             ),
             "languages": dg.MetadataValue.json(found["languages"]),
+            "rejected_sample": ui.rejected_sample(table, per_reason=2, limit=40),
         }
     )
     problems = {

@@ -43,5 +43,6 @@ def quality_scored(context: dg.AssetExecutionContext, home: GovtuneHome,
         combined,
         table.num_rows,
         home.stage_dir(variant, "quality_scored", lang),
+        partition=str(context.partition_key),
         kenlm_model=model or "none",
     )

@@ -3,7 +3,6 @@ translation tasks (split without leakage, decontaminated), and the governed trai
 each governance variant."""
 
 import json
-from pathlib import Path
 
 import dagster as dg
 import pyarrow as pa
@@ -24,6 +23,7 @@ from training.tasks import (
     write_tasks,
 )
 
+from . import ui
 from .partitions import PER_VARIANT, variant_partitions
 from .resources import GovtuneHome
 from .stage_io import REFRESH_CONDITION
@@ -226,10 +226,27 @@ def curated_task_rows(home: GovtuneHome, variant: str) -> pa.Table:
     partitions_def=variant_partitions,
     kinds={"parquet"},
     automation_condition=REFRESH_CONDITION,
+    owners=["team:training"],
+    check_specs=[
+        dg.AssetCheckSpec(
+            "no_evaluation_text_in_train",
+            asset="classification_train",
+            blocking=True,
+            description="no training text equals (after normalisation) any evaluation text",
+            partitions_def=variant_partitions,
+        ),
+        dg.AssetCheckSpec(
+            "every_cell_filled",
+            asset="classification_train",
+            blocking=True,
+            description="every (language, label) cell of the task has training rows",
+            partitions_def=variant_partitions,
+        ),
+    ],
 )
 def classification_train(
     context: dg.AssetExecutionContext, home: GovtuneHome, config: TaskSettings
-) -> dg.MaterializeResult:
+):
     """The training side of one governance variant: exactly the rows its `curated` assets hold
     from the task pool, decontaminated against every evaluation item and balanced per
     (language, label). The `rehydrate` arm carries FineWeb-2's up-weighting by duplicate-cluster
@@ -260,7 +277,7 @@ def classification_train(
     ledger = read_parquet(home.ledger_file(variant))
     flags = dict(zip(*(home_pool_flags(home)), strict=True))
     weights = made.records.column("weight").to_pylist()
-    return dg.MaterializeResult(
+    yield dg.MaterializeResult(
         data_version=dg.DataVersion(version),
         metadata={
             "curated_task_rows": made.curated_rows,
@@ -274,15 +291,49 @@ def classification_train(
             "per_language_label": dg.MetadataValue.json(_counts(made.records, "lang", "label")),
             "path": dg.MetadataValue.path(str(trainer)),
             "data_version": version,
+            "train_sample": ui.kept_sample(
+                made.records.rename_columns(
+                    ["doc_id" if c == "id" else c for c in made.records.column_names]
+                )
+            ),
         },
+    )
+    yield from training_set_checks(
+        made.records, cls, mt, task_pool_languages(home), task_config.domains
+    )
+
+
+def training_set_checks(records: pa.Table, cls: pa.Table, mt: pa.Table, langs, labels):
+    """No evaluation text in the training rows (exact after normalisation: near matches are
+    what decontamination removed), and no empty (language, label) cell."""
+    from quality_models.decontaminate import normalise_for_match
+
+    _, texts = eval_texts_of(cls, mt)
+    evaluation = {normalise_for_match(t) for t in texts if t}
+    ids, train_texts = records.column("id").to_pylist(), records.column("text").to_pylist()
+    leaked = [
+        i for i, t in zip(ids, train_texts, strict=True) if normalise_for_match(t) in evaluation
+    ]
+    yield dg.AssetCheckResult(
+        check_name="no_evaluation_text_in_train",
+        passed=not leaked,
+        metadata={"leaked": len(leaked), "examples": dg.MetadataValue.json(leaked[:10])},
+    )
+    cells = _counts(records, "lang", "label")
+    empty = [f"{a}/{b}" for a in langs for b in labels if not cells.get(f"{a}/{b}")]
+    yield dg.AssetCheckResult(
+        check_name="every_cell_filled",
+        passed=not empty,
+        metadata={"empty_cells": dg.MetadataValue.json(empty), "cells": len(cells)},
     )
 
 
 def file_version(path) -> str:
-    """The content hash of a file: the data version of what a model trains on."""
-    import hashlib
+    """The content hash of a file (``sha256:…``, the trainer's own ``data_version``): the data
+    version of what a model trains on, the same in the asset's metadata and the run's summary."""
+    from training.data import data_version
 
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+    return data_version(path)
 
 
 def home_pool_flags(home: GovtuneHome) -> tuple[list[str], list[str]]:

@@ -11,7 +11,8 @@ import dagster as dg
 
 from evaluation.frames import TRANSLATE_TRAIN
 
-from .partitions import parse_run_key, run_protocol, variant_run_partitions
+from . import ui
+from .partitions import UNTRAINED, parse_run_key, run_protocol, variant_run_partitions
 from .resources import GovtuneHome
 from .tasks import file_version, task_pool_languages
 
@@ -136,6 +137,37 @@ def finished(run_dir, dotted: dict) -> bool:
     kinds={"pytorch"},
     op_tags={"govtune/stage": TRAINING_TAG},
     pool=TRAINING_POOL,
+    owners=["team:training"],
+    check_specs=[
+        dg.AssetCheckSpec(
+            name,
+            asset="finetune",
+            description=text,
+            blocking=blocking,
+            partitions_def=variant_run_partitions,
+        )
+        for name, text, blocking in (
+            ("loss_finite", "every logged training loss is a finite number", True),
+            (
+                "loss_decreases",
+                "the loss of the last quarter of steps is below the first "
+                "quarter's (a warning: short runs may not decrease)",
+                False,
+            ),
+            (
+                "adapter_saved",
+                "the run directory holds the saved adapter (or, for a baseline "
+                "that trains nothing, says so)",
+                True,
+            ),
+            (
+                "data_version_recorded",
+                "the run recorded the content hash of the data it trained "
+                "on, and it is the current file's",
+                True,
+            ),
+        )
+    ],  # fmt: skip
 )
 def finetune(
     context: dg.AssetExecutionContext,
@@ -168,37 +200,106 @@ def finetune(
               "run_dir": dg.MetadataValue.path(str(run_dir)),
               "data": dg.MetadataValue.path(str(data)), **trained_on}  # fmt: skip
     if method == "lexical":  # fitted at scoring time on the same rows: nothing to train here
-        return dg.MaterializeResult(metadata={**common, "trained": False, "reused": False})
+        yield dg.MaterializeResult(metadata={**common, "trained": False, "reused": False})
+        yield from run_checks(run_dir, method, data, [])
+        return
     if finished(run_dir, dotted):
         context.log.info(f"{run_dir} already holds this finished run: reused")
         summary = json.loads((run_dir / "summary.json").read_text())
-        return dg.MaterializeResult(
-            metadata={**common, **summary_metadata(summary), "reused": True}
+        losses = run_losses(run_dir)
+        yield dg.MaterializeResult(
+            metadata={
+                **common,
+                **summary_metadata(summary),
+                **curves(losses, summary),
+                "reused": True,
+            }  # fmt: skip
         )
+        yield from run_checks(run_dir, method, data, losses)
+        return
     invocation = pipes_subprocess_client.run(
         command=[sys.executable, "-m", "training"],
         context=context,
         extras={"train_config": dotted},
     )
     streamed = [m for m in invocation.get_custom_messages() if isinstance(m, dict)]
-    # the run's own record covers every step, also those done before a resume
-    metrics_file = run_dir / "metrics.jsonl"
-    metrics = (
-        [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
-        if metrics_file.is_file()
-        else streamed
-    )
+    metrics = run_metrics(run_dir) or streamed
     losses = [m["loss"] for m in metrics if "loss" in m]
     result = invocation.get_materialize_result()
+    summary_file = run_dir / "summary.json"
+    summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
     extra = {
         **common,
         "reused": False,
         "metrics_streamed": len(streamed),
-        "loss_curve": dg.MetadataValue.json([round(x, 4) for x in losses]),
+        **curves(losses, summary),
     }
     if any(m.get("moo") for m in metrics):
         extra.update(conflict_metadata(metrics, run_dir / "moo_conflicts.png"))
-    return dg.MaterializeResult(metadata={**(result.metadata or {}), **extra})
+    reported = {k: (ui.rounded(v) if isinstance(v, float) else v)
+                for k, v in (result.metadata or {}).items()}  # fmt: skip
+    yield dg.MaterializeResult(metadata={**reported, **extra})
+    yield from run_checks(run_dir, method, data, losses)
+
+
+def run_metrics(run_dir) -> list[dict]:
+    """The run's own record of every step (also those done before a resume)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def run_losses(run_dir) -> list[float]:
+    return [m["loss"] for m in run_metrics(run_dir) if "loss" in m]
+
+
+def curves(losses: list[float], summary: dict) -> dict:
+    """The loss curve and, for the hybrid, λ per layer, as small inline plots."""
+    out: dict = {"loss_curve": ui.curve(losses, "training loss")} if losses else {}
+    lambdas = summary.get("lambdas")
+    if isinstance(lambdas, dict) and lambdas:
+        values = [float(v) for v in lambdas.values() if isinstance(v, (int, float))]
+        if values:
+            out["lambda_per_layer"] = ui.per_item(values, "λ per layer (low-rank share)")
+    return out
+
+
+def run_checks(run_dir, method: str, data, losses: list[float]):
+    """The model's own checks (the gate before scoring): finite and decreasing loss, a saved
+    adapter, and the data version it trained on."""
+    import math
+
+    trains = method not in UNTRAINED
+    finite = all(math.isfinite(x) for x in losses)
+    yield dg.AssetCheckResult(
+        check_name="loss_finite",
+        passed=finite and (bool(losses) or not trains),
+        metadata={"steps_logged": len(losses)},
+    )
+    q = max(len(losses) // 4, 1)
+    first, last = (sum(losses[:q]) / q, sum(losses[-q:]) / q) if losses else (0.0, 0.0)
+    yield dg.AssetCheckResult(
+        check_name="loss_decreases",
+        passed=(last < first) if losses else not trains,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={"first_quarter": ui.rounded(first), "last_quarter": ui.rounded(last)},
+    )
+    summary_file = run_dir / "summary.json"
+    summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
+    adapter = run_dir / "adapter"
+    yield dg.AssetCheckResult(
+        check_name="adapter_saved",
+        passed=adapter.is_dir() or not trains,
+        metadata={"adapter": dg.MetadataValue.path(str(adapter)), "trains": trains},
+    )
+    current = file_version(data)
+    recorded = summary.get("data_version") if trains or summary else current
+    yield dg.AssetCheckResult(
+        check_name="data_version_recorded",
+        passed=recorded == current,
+        metadata={"recorded": str(recorded), "current": current},
+    )
 
 
 def summary_metadata(summary: dict) -> dict:
