@@ -26,6 +26,7 @@ from training.methods import METHODS, MethodConfig, apply_method, save_adapter
 from training.models import build_word_tokenizer, count_parameters, load_causal_lm, tiny_llama
 
 TOKENIZER = build_word_tokenizer(synthetic_texts())
+TRAINED = tuple(m for m in METHODS if m != "untuned")
 
 
 def tiny(seed: int = 0):
@@ -70,7 +71,7 @@ def build(method: str, batch, seed: int = 0, **kw):
     )
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", TRAINED)
 def test_each_method_lowers_the_loss_on_a_fixed_batch(method):
     batch, _ = cls_batch()
     model = build(method, batch)
@@ -101,7 +102,8 @@ def test_save_then_load_gives_the_same_logits(method, tmp_path):
     torch.manual_seed(0)
     model, _ = load_causal_lm(base_dir)
     model = apply_method(model, MethodConfig(name=method), grad_batches=[batch], loss_fn=loss_fn)
-    train_steps(model, batch, steps=3, lr=1e-3 if method == "full" else 1e-2)
+    if method != "untuned":
+        train_steps(model, batch, steps=3, lr=1e-3 if method == "full" else 1e-2)
     cfg = MethodConfig(name=method)
     save_adapter(model, cfg, tmp_path / "adapter", extra={"base_model": str(base_dir)})
     if method == "full":
@@ -117,10 +119,47 @@ def test_save_then_load_gives_the_same_logits(method, tmp_path):
     # LoRA-GA is saved as a rank-2r LoRA on the original base: equal up to rounding
     tol = 1e-5 if method == "lora_ga" else 1e-6
     assert torch.allclose(got, expected, atol=tol, rtol=0), (got - expected).abs().max()
-    # the trained model really differs from the base (the comparison is not vacuous)
+    # the trained model really differs from the base (the comparison is not vacuous), and the
+    # untuned one is the base
     with torch.no_grad():
         plain = load_causal_lm(base_dir)[0](**inputs).logits
-    assert (plain - expected).abs().max() > 1e-4
+    if method == "untuned":
+        assert torch.equal(plain, expected) and not any(
+            p.requires_grad for p in loaded.model.parameters()
+        )
+    else:
+        assert (plain - expected).abs().max() > 1e-4
+
+
+def test_untuned_is_the_base_model_with_nothing_to_train(tmp_path):
+    batch, _ = cls_batch()
+    model = build("untuned", batch)
+    assert count_parameters(model)[0] == 0
+    assert not any("lora" in n or "hybrid" in n or "oft" in n for n, _ in model.named_modules())
+    out = save_adapter(model, MethodConfig(name="untuned"), tmp_path, extra={"base_model": "x"})
+    assert sorted(p.name for p in out.iterdir()) == ["govtune_method.json"]
+    info = json.loads((out / "govtune_method.json").read_text())
+    assert info["method"]["name"] == "untuned" and info["method_info"]["trained"] is False
+
+
+def test_boft_run_records_the_butterfly_factors_it_really_used(tmp_path):
+    """peft forces one butterfly factor without its CUDA kernel: the run must say so."""
+    batch, _ = cls_batch()
+    model = build("boft", batch, boft_n_butterfly_factor=2)
+    factors = {p.shape[0] for n, p in model.named_parameters() if "boft_R" in n and p.requires_grad}
+    info = model._govtune_method_info
+    assert info["butterfly_factors_requested"] == 2
+    assert info["butterfly_factors"] == max(factors)
+    if torch.cuda.is_available() and info["fbd_cuda_kernel"]:
+        assert max(factors) == 2 and "label" not in info
+    else:
+        assert max(factors) == 1
+        assert info["label"] == (
+            "butterfly_factors=1 (vanilla OFT: peft's CUDA kernel unavailable)"
+        )
+    save_adapter(model, MethodConfig(name="boft", boft_n_butterfly_factor=2), tmp_path)
+    saved = json.loads((tmp_path / "govtune_method.json").read_text())
+    assert saved["method_info"] == info
 
 
 def test_lora_ga_reload_does_not_need_the_rewritten_base(tmp_path):

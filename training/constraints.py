@@ -1,17 +1,26 @@
 """Unitary and unit-norm constraints on selected sub-layers, and the measurements behind them.
 
-Three constraints (docs/method.md §3), each optional and limited to the layers and projections a
-``HybridConfig`` selects (``unitary_layers``, ``unitary_modules``):
+The constraints (docs/method.md §4), each optional and limited to the sub-layers a
+``HybridConfig`` selects (``unitary_layers`` x ``unitary_modules``, e.g. ``[o_proj, v_proj]``):
 
-* exact orthogonality of the hybrid's orthogonal branch: the Cayley map is solved exactly
-  instead of by OFTv2's Neumann series (set in ``HybridLinear``; checked by
-  ``orthogonality_errors``);
-* a dense orthogonal rotation on the input of selected square projections, through torch's own
-  ``torch.nn.utils.parametrizations.orthogonal``;
-* unit-norm rows of the low-rank factor A, through ``torch.nn.utils.parametrize``.
+* **Stiefel low-rank factors** (``stiefel_lowrank``): on a selected sub-layer of any shape
+  (gemma's projections are all non-square) the low-rank branch is ``U M A`` with
+  ``A A^T = I_r`` and ``U^T U = I_r`` (semi-orthogonal, through torch's own
+  ``torch.nn.utils.parametrizations.orthogonal``, Householder map) and a free r x r core M, so
+  every update direction is an orthonormal frame and the update's scale lives in M alone;
+* **rotation applied in float32** (``unitary_fp32``): the selected sub-layers rotate their input
+  in float32 even when the model runs in bf16/fp16 (a bf16 copy of an exact rotation is only
+  orthogonal to about 1e-2);
+* exact orthogonality of the hybrid's orthogonal branch (``exact_orthogonality``): the Cayley
+  map is solved exactly instead of by OFTv2's Neumann series;
+* unit-norm rows of the low-rank factor A (``unit_norm_lowrank``), through ``parametrize``;
+* a dense orthogonal rotation on the input of selected square projections
+  (``dense_orthogonal_modules``; gemma has none).
 
-``grad_norm_stats`` logs per-layer gradient norms so that "stabilises deep optimisation" can be
-measured as the spread of those norms across layers and steps.
+``applied_orthogonality_error`` checks what the forward pass actually applied, in the dtype it
+applied it; ``orthogonality_errors`` checks the float32 parameters (full strength and current
+mix). ``grad_norm_stats`` logs per-layer gradient norms so that "stabilises deep optimisation"
+can be measured as the spread of those norms across layers and steps.
 """
 
 from __future__ import annotations
@@ -46,18 +55,32 @@ def unit_norm_rows(module: nn.Module, attr: str) -> None:
     parametrize.register_parametrization(module, attr, UnitNormRows())
 
 
+def stiefel(module: nn.Module, attr: str) -> None:
+    """Constrain a (possibly non-square) matrix ``module.<attr>`` to the Stiefel manifold:
+    orthonormal rows if it is wide, orthonormal columns if it is tall.
+
+    torch's ``orthogonal`` parametrisation with the Householder map and no trivialisation: the
+    stored tensor holds the Householder reflectors (n x k, no n x n base buffer), forward costs
+    O(n k^2), and assigning a semi-orthogonal matrix to the attribute sets it exactly.
+    """
+    if parametrize.is_parametrized(module, attr):
+        return
+    orthogonal(module, attr, orthogonal_map="householder", use_trivialization=False)
+
+
 def add_dense_orthogonal(layer: Any) -> None:
     """Give a square projection a dense rotation Q in O(d) on its input, via torch's ``orthogonal``.
 
     Q starts at the identity (so the model is unchanged) and stays exactly orthogonal under any
     optimiser step, because it is a parametrisation (Cayley map), not a penalty. Restricted to
-    square projections (d_in = d_out) so its cost stays that of the projection itself.
+    square projections (d_in = d_out) so its cost stays that of the projection itself; for the
+    non-square projections of real models use ``stiefel_lowrank`` on ``unitary_modules``.
     """
     d_in, d_out = layer.in_features, layer.out_features
     if d_in != d_out:
         raise ValueError(
             f"{layer.name}: dense orthogonal parametrisation needs a square projection, "
-            f"this one is {d_out}x{d_in}"
+            f"this one is {d_out}x{d_in} (for non-square sub-layers use stiefel_lowrank)"
         )
     rot = nn.Linear(d_in, d_in, bias=False, device=layer.hybrid_A.device)
     with torch.no_grad():
@@ -66,43 +89,117 @@ def add_dense_orthogonal(layer: Any) -> None:
     layer.dense_rotation = rot
 
 
-def _identity_error(q: torch.Tensor) -> torch.Tensor:
+def semi_orthogonality_error(q: torch.Tensor) -> torch.Tensor:
+    """||QᵀQ - I||_F (tall or square) or ||QQᵀ - I||_F (wide) per matrix of a batch, computed in
+    float64 from the tensor as given (its own rounding counts)."""
+    q = q.detach().double()
+    if q.shape[-2] < q.shape[-1]:
+        q = q.transpose(-1, -2)
     eye = torch.eye(q.shape[-1], dtype=torch.float64, device=q.device)
-    q = q.double()
     return torch.linalg.matrix_norm(q.transpose(-1, -2) @ q - eye)
 
 
-def orthogonality_errors(model: nn.Module) -> dict[str, float]:
-    """||QᵀQ - I||_F of every hybrid layer's orthogonal transform (max over its blocks), keyed by
-    the layer's name in the base model.
+_identity_error = semi_orthogonality_error  # the earlier name
 
-    Works on the blocks (cheap) at full strength and at the current mix; a dense rotation adds
-    its own error. Layers without an orthogonal part are skipped.
-    """
+
+def _hybrid_layers(model: nn.Module) -> list[Any]:
     from training.hybrid import HybridLinear
 
-    out: dict[str, float] = {}
-    for module in model.modules():
-        if not isinstance(module, HybridLinear):
+    return [m for m in model.modules() if isinstance(m, HybridLinear)]
+
+
+def applied_tensors(layer: Any) -> dict[str, torch.Tensor]:
+    """The constrained tensors a hybrid layer's forward pass applies, in the dtype it applies
+    them: what the last forward recorded, else what a forward at the base weight's dtype would
+    apply now. Keys: ``rotation`` (factors, blocks, b, b), ``A`` and ``U`` (Stiefel factors),
+    ``dense`` (the square dense rotation)."""
+    if layer.applied:
+        return dict(layer.applied)
+    out: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        if layer.orth_active:
+            rdt = layer.rotation_dtype(layer.base_layer.weight.dtype)
+            out["rotation"] = layer.rotations(1.0 - layer.lam()).to(rdt)
+        if layer.stiefel and layer.lowrank_active:
+            out["A"], out["U"] = layer.hybrid_A.detach(), layer.hybrid_U.detach()
+        if layer.dense_rotation is not None:
+            out["dense"] = layer.dense_rotation.weight.detach()
+    return out
+
+
+def applied_orthogonality_report(
+    model: nn.Module, unitary_only: bool = False
+) -> dict[str, dict[str, Any]]:
+    """Per hybrid layer and constrained tensor: the (semi-)orthogonality error of the tensor the
+    forward pass applied (max over blocks), with its dtype and shape, and whether the layer is a
+    selected unitary sub-layer."""
+    out: dict[str, dict[str, Any]] = {}
+    for layer in _hybrid_layers(model):
+        if unitary_only and not layer.unitary:
             continue
+        rec: dict[str, Any] = {"unitary": bool(layer.unitary)}
+        for key, t in applied_tensors(layer).items():
+            mats = t.reshape(-1, *t.shape[-2:])
+            rec[key] = {
+                "error": float(semi_orthogonality_error(mats).max()),
+                "dtype": str(t.dtype).removeprefix("torch."),
+                "shape": list(t.shape),
+            }
+        out[layer.name] = rec
+    return out
+
+
+def applied_orthogonality_error(model: nn.Module, unitary_only: bool = False) -> dict[str, float]:
+    """{layer name: largest (semi-)orthogonality error of any constrained tensor its forward
+    pass applied}: the block rotations (``‖RᵀR - I‖_F``), the Stiefel factors (``‖AAᵀ - I‖_F``,
+    ``‖UᵀU - I‖_F``) and a dense rotation, each in the dtype the forward applied it (bf16
+    rotations of a bf16 model count as bf16 unless ``unitary_fp32`` keeps them in fp32).
+
+    One batched float64 product over all layers' blocks, so the trainer can log it every step.
+    ``unitary_only`` keeps the selected unitary sub-layers. Layers with no constrained tensor
+    report 0.0.
+    """
+    layers = [m for m in _hybrid_layers(model) if m.unitary or not unitary_only]
+    errs = {m.name: 0.0 for m in layers}
+    # group same-shaped matrices so each group costs one batched product
+    groups: dict[tuple[int, int], list[tuple[str, torch.Tensor]]] = defaultdict(list)
+    for layer in layers:
+        for t in applied_tensors(layer).values():
+            mats = t.reshape(-1, *t.shape[-2:])
+            groups[tuple(mats.shape[-2:])].append((layer.name, mats))
+    for items in groups.values():
+        stacked = torch.cat([m for _, m in items])
+        e = semi_orthogonality_error(stacked)
+        sizes = [m.shape[0] for _, m in items]
+        maxima = torch.stack([part.max() for part in e.split(sizes)]).tolist()
+        for (name, _), v in zip(items, maxima, strict=True):
+            errs[name] = max(errs[name], v)
+    return errs
+
+
+def orthogonality_errors(model: nn.Module) -> dict[str, float]:
+    """||QᵀQ - I||_F of every hybrid layer's orthogonal transform computed from its float32
+    parameters (max over blocks) at full strength and at the current mix, keyed by the layer's
+    name in the base model; a dense rotation adds its own error. This checks the
+    parametrisation; ``applied_orthogonality_error`` checks what the forward pass applied."""
+    out: dict[str, float] = {}
+    for module in _hybrid_layers(model):
         with torch.no_grad():
-            errs = [_identity_error(module.rotations(1.0)).max()]
-            errs.append(_identity_error(module.rotations(1.0 - module.lam())).max())
+            errs = [semi_orthogonality_error(module.rotations(1.0)).max()]
+            errs.append(semi_orthogonality_error(module.rotations(1.0 - module.lam())).max())
             if module.dense_rotation is not None:
-                errs.append(_identity_error(module.dense_rotation.weight))
+                errs.append(semi_orthogonality_error(module.dense_rotation.weight))
+            if module.stiefel:
+                errs.append(semi_orthogonality_error(module.hybrid_A))
+                errs.append(semi_orthogonality_error(module.hybrid_U))
         out[module.name] = float(max(errs))
     return out
 
 
 def max_orthogonality_error(model: nn.Module, unitary_only: bool = False) -> float:
-    """The largest ``orthogonality_errors`` value (0.0 when the model has no hybrid layer)."""
-    from training.hybrid import HybridLinear
-
-    errs = orthogonality_errors(model)
-    if unitary_only:
-        units = {m.name for m in model.modules() if isinstance(m, HybridLinear) and m.unitary}
-        errs = {n: e for n, e in errs.items() if n in units}
-    return max(errs.values(), default=0.0)
+    """The largest ``applied_orthogonality_error`` value (0.0 without hybrid layers): what the
+    trainer logs as ``orth_error_max`` every logged step."""
+    return max(applied_orthogonality_error(model, unitary_only).values(), default=0.0)
 
 
 def grad_norm_stats(model: nn.Module) -> dict[str, Any]:

@@ -2,15 +2,17 @@
 mixed per targeted linear layer by λ_l (definitions and formulas in docs/method.md).
 
 Shaped like a peft tuner (``HybridConfig`` / ``HybridLinear`` / ``HybridModel``) and saved like
-one (``adapter_config.json`` + ``adapter_model.safetensors``), because peft cannot hold BOFT/OFT
-and LoRA in one mixed model. For one targeted linear layer with frozen weight W::
+one (``adapter_config.json`` + ``adapter_model.safetensors``); peft cannot load it (a tuner
+outside peft cannot register a ``PeftType``), so ``training/export.py`` writes a merged
+Hugging Face model and, where peft can express it, an OFT + LoRA adapter pair. For one targeted
+linear layer with frozen weight W::
 
     y = W · Q((1-λ)·S) · x + b + λ · s · (B A - B0 A0) · x
 
 Q is a block-diagonal (or butterfly) Cayley rotation applied to the activations (OFTv2 style),
-A0, B0 the LoRA-GA initialisation (kept frozen so the base weights are never rewritten), and
-s = alpha / r. Both branches are zero at initialisation, so the adapted model starts equal to the
-base model for every λ.
+A0, B0 peft's own LoRA-GA initialisation (the very factors the ``lora_ga`` baseline starts from,
+kept frozen here so the base weights are never rewritten), and s = alpha / r. Both branches are
+zero at initialisation, so the adapted model starts equal to the base model for every λ.
 """
 
 from __future__ import annotations
@@ -33,12 +35,14 @@ HYBRID_PEFT_TYPE = "GOVTUNE_HYBRID"
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 RULES = ("fixed", "grad_norm_ratio", "learned", "hard")
+SIGNALS = ("efficiency", "grad_norm")
 STRUCTURES = ("block", "butterfly")
 CAYLEY = ("exact", "neumann")
 APPLY_TO = ("auto", "input", "weight")
 INITS = ("lora_ga", "gaussian")
-LORAGA_DIRECTIONS = ("ArB2r", "A2rBr", "ArBr")
-LORAGA_SCALES = ("stable", "unit")
+# peft's LoraGAConfig choices (peft/tuners/lora/config.py)
+LORAGA_DIRECTIONS = ("ArB2r", "A2rBr", "ArBr", "random")
+LORAGA_SCALES = ("stable", "weight_svd", "gd_scale", "unit")
 _LAYER_RE = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
 
@@ -63,18 +67,26 @@ class HybridConfig:
     neumann_terms: int = 5
     apply_to: str = "auto"
     rule: str = "grad_norm_ratio"
+    # what the ratio rules compare: "efficiency" (first-order loss decrease per unit change of
+    # the effective weight, invariant to alpha, lambda and rescaled parametrisations) or
+    # "grad_norm" (the earlier raw gradient norms / mixing factor, kept for the ablation)
+    signal: str = "efficiency"
     lambda_init: float = 0.5
     refresh_every: int = 10
     ema: float = 0.9
     lambda_min: float = 0.05
     lambda_max: float = 0.95
-    grad_norm: str = "l2"
+    grad_norm: str = "l2"  # "l2" | "rms": only for signal="grad_norm"
     hard_lowrank_fraction: float | None = None
     # unitary / unit-norm constraints on selected sub-layers (see training/constraints.py)
     unitary_layers: list[int] | None = None
     unitary_modules: list[str] | None = None
     exact_orthogonality: bool = False
     unit_norm_lowrank: bool = False
+    # selected sub-layers: A on the Stiefel manifold (A Aᵀ = I), B = U M with Uᵀ U = I
+    stiefel_lowrank: bool = False
+    # selected sub-layers apply their rotation in float32 even when the model runs in bf16/fp16
+    unitary_fp32: bool = False
     dense_orthogonal_modules: list[str] = field(default_factory=list)
     base_model_name_or_path: str | None = None
     peft_type: str = HYBRID_PEFT_TYPE
@@ -88,6 +100,7 @@ class HybridConfig:
                 raise ValueError(f"hybrid {name}={value!r} is not one of {list(allowed)}")
 
         choice("rule", RULES)
+        choice("signal", SIGNALS)
         choice("structure", STRUCTURES)
         choice("cayley", CAYLEY)
         choice("apply_to", APPLY_TO)
@@ -132,6 +145,42 @@ class HybridConfig:
             raise ValueError(f"not a govtune hybrid adapter config (peft_type={data['peft_type']})")
         return cls(**dict(data)).validate()
 
+    def lora_ga_config(self) -> Any:
+        """peft's ``LoraConfig`` for the LoRA-GA initialisation: the same object the ``lora_ga``
+        baseline is built from (``training.methods.peft_config``), so both start alike."""
+        return loraga_lora_config(
+            self.target_modules,
+            self.r,
+            self.alpha,
+            self.dropout,
+            self.loraga_direction,
+            self.loraga_scale,
+            self.loraga_gamma,
+        )
+
+
+def loraga_lora_config(
+    target_modules: list[str],
+    r: int,
+    alpha: float,
+    dropout: float,
+    direction: str,
+    scale: str,
+    gamma: float,
+) -> Any:
+    """The peft ``LoraConfig(init_lora_weights="lora_ga")`` shared by ``lora_ga`` and the hybrid."""
+    from peft import LoraConfig, LoraGAConfig
+
+    g = int(gamma) if float(gamma).is_integer() else gamma
+    return LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=list(target_modules),
+        init_lora_weights="lora_ga",
+        lora_ga_config=LoraGAConfig(direction=direction, scale=scale, stable_gamma=g),
+    )
+
 
 def matches(name: str, patterns: Iterable[str]) -> bool:
     """peft's rule: a pattern names a module by its full name or its last dotted components."""
@@ -141,6 +190,17 @@ def matches(name: str, patterns: Iterable[str]) -> bool:
 def layer_index(name: str) -> int | None:
     m = _LAYER_RE.search(name)
     return int(m.group(1)) if m else None
+
+
+def _chain(module: nn.Module, attr: str, raw: torch.Tensor) -> torch.Tensor:
+    """Apply the parametrisations registered on ``module.<attr>`` to ``raw`` (its original)."""
+    params = getattr(module, "parametrizations", None)
+    if params is None or attr not in params:
+        return raw
+    x = raw
+    for p in params[attr]:
+        x = p(x)
+    return x
 
 
 class HybridLinear(nn.Module):
@@ -170,6 +230,7 @@ class HybridLinear(nn.Module):
             raise ValueError(f"{name}: a butterfly needs at least 2 blocks per factor")
         self.scaling = cfg.alpha / cfg.r
         self.rule = cfg.rule
+        self.signal = cfg.signal
         self.apply_to = cfg.apply_to
         self.neumann_terms = cfg.neumann_terms
         short = name.rsplit(".", 1)[-1]
@@ -179,12 +240,23 @@ class HybridLinear(nn.Module):
             or short in cfg.unitary_modules
         )
         self.cayley = "exact" if (self.unitary and cfg.exact_orthogonality) else cfg.cayley
+        self.stiefel = bool(self.unitary and cfg.stiefel_lowrank)
+        self.rotation_fp32 = bool(self.unitary and cfg.unitary_fp32)
+        if self.stiefel and cfg.r > min(self.in_features, self.out_features):
+            raise ValueError(f"{name}: stiefel_lowrank needs r <= min(d_in, d_out)")
         dev, dt = base_layer.weight.device, torch.float32
         self.dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
-        # low-rank branch: trainable A (r x in), B (out x r); frozen initial copies A0, B0
+        # low-rank branch: trainable A (r x in), B (out x r) -- or, on Stiefel sub-layers,
+        # B = U M with U (out x r) orthonormal columns and a free r x r core M
         self.hybrid_A = nn.Parameter(torch.empty(cfg.r, self.in_features, device=dev, dtype=dt))
-        self.hybrid_B = nn.Parameter(torch.zeros(self.out_features, cfg.r, device=dev, dtype=dt))
         nn.init.kaiming_uniform_(self.hybrid_A, a=math.sqrt(5))
+        if self.stiefel:
+            self.hybrid_U = nn.Parameter(torch.eye(self.out_features, cfg.r, device=dev, dtype=dt))
+            self.hybrid_M = nn.Parameter(torch.zeros(cfg.r, cfg.r, device=dev, dtype=dt))
+        else:
+            self.hybrid_B = nn.Parameter(
+                torch.zeros(self.out_features, cfg.r, device=dev, dtype=dt)
+            )
         self.register_buffer(
             "hybrid_A0", torch.zeros(cfg.r, self.in_features, device=dev, dtype=dt)
         )
@@ -210,9 +282,24 @@ class HybridLinear(nn.Module):
         else:
             self.hybrid_logit = None
         self.dense_rotation: nn.Linear | None = None  # set by constraints.add_dense_orthogonal
-        self.last_grad_norms: tuple[float, float] | None = None
+        self.last_grad_norms: tuple[float, float] | None = None  # (ρ_lr, ρ_orth) of the signal
         self.bypass = False
         self.cached_rotations: torch.Tensor | None = None  # set by HybridModel's pre-hook
+        # what the last forward pass applied (detached), for the orthogonality checks
+        self.applied: dict[str, torch.Tensor] = {}
+        self._wgram: torch.Tensor | None = None  # W_kᵀ W_k per block, for the λ signal
+        self._wgram_eigh: tuple[torch.Tensor, torch.Tensor] | None = None
+        # gradients of the applied (parametrised) factors, summed since the last λ refresh
+        self._applied_grads: dict[str, torch.Tensor] = {}
+        if self.stiefel:
+            from training.constraints import stiefel
+
+            stiefel(self, "hybrid_A")
+            stiefel(self, "hybrid_U")
+        elif self.unitary and cfg.unit_norm_lowrank:
+            from training.constraints import unit_norm_rows
+
+            unit_norm_rows(self, "hybrid_A")
         self.refresh_flags()
 
     # ---------------------------------------------------------------- mixing weight
@@ -232,16 +319,62 @@ class HybridLinear(nn.Module):
         self.orth_active = not (self.rule == "hard" and lam == 1.0)
         self.has_init_offset = bool(self.hybrid_A0.any())
 
-    def lowrank_parameters(self) -> list[nn.Parameter]:
-        a = self._raw("hybrid_A")
-        return [a, self.hybrid_B]
-
     def _raw(self, attr: str) -> nn.Parameter:
         """The stored tensor behind a possibly parametrised attribute."""
         params = getattr(self, "parametrizations", None)
         if params is not None and attr in params:
             return params[attr].original
         return getattr(self, attr)
+
+    def lowrank_parameters(self) -> list[nn.Parameter]:
+        """The low-rank branch's stored (raw) tensors, the ones the optimiser updates."""
+        if self.stiefel:
+            return [self._raw("hybrid_A"), self._raw("hybrid_U"), self.hybrid_M]
+        return [self._raw("hybrid_A"), self.hybrid_B]
+
+    def lowrank_from_raw(self, raws: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A, B) as the forward pass applies them, from the raw tensors (for jvp / surrogates)."""
+        a = _chain(self, "hybrid_A", raws[0])
+        if self.stiefel:
+            return a, _chain(self, "hybrid_U", raws[1]) @ raws[2]
+        return a, raws[1]
+
+    def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A, B) of the low-rank branch as applied (parametrisations evaluated)."""
+        if self.stiefel:
+            return self.hybrid_A, self.hybrid_U @ self.hybrid_M
+        return self.hybrid_A, self.hybrid_B
+
+    def _parametrized(self, attr: str) -> bool:
+        params = getattr(self, "parametrizations", None)
+        return params is not None and attr in params
+
+    def set_lowrank(self, a: torch.Tensor, b: torch.Tensor) -> None:
+        """Set the trained factors so that B A equals ``b @ a`` (through the parametrisations),
+        then the frozen A0, B0 to what is applied, so the branch output is exactly zero."""
+        a, b = a.detach().float(), b.detach().float()
+        with torch.no_grad():
+            if self.stiefel:
+                # A = orthonormal rows spanning a's rows, U = orthonormal columns spanning b's
+                # columns, M = Uᵀ (b a) Aᵀ: U M A = b a for any pair, exactly up to rounding
+                qa, _ = torch.linalg.qr(a.T)
+                qb, _ = torch.linalg.qr(b)
+                self.hybrid_A = qa.T.contiguous()
+                self.hybrid_U = qb.contiguous()
+                a_app, u_app = self.hybrid_A, self.hybrid_U
+                self.hybrid_M.copy_(u_app.T @ (b @ a) @ a_app.T)
+            elif self._parametrized("hybrid_A"):
+                # unit-norm rows: move the row norms of A into the columns of B
+                norms = a.norm(dim=-1).clamp_min(1e-12)
+                self._raw("hybrid_A").copy_(a / norms[:, None])
+                self.hybrid_B.copy_(b * norms[None, :])
+            else:
+                self.hybrid_A.copy_(a)
+                self.hybrid_B.copy_(b)
+            a_app, b_app = self.factors()
+            self.hybrid_A0.copy_(a_app)
+            self.hybrid_B0.copy_(b_app)
+        self.refresh_flags()
 
     # ---------------------------------------------------------------- orthogonal branch
     def skew(
@@ -281,13 +414,17 @@ class HybridLinear(nn.Module):
             h = self._shuffle(h, inverse=True)
         return h.reshape(*lead, self.in_features)
 
-    def orthogonal_matrix(self) -> torch.Tensor:
+    def orthogonal_matrix(self, rots: torch.Tensor | None = None) -> torch.Tensor:
         """The unmixed orthogonal transform Q (in x in) of this layer, for checks."""
         eye = torch.eye(self.in_features, device=self.hybrid_S.device)
-        q = self.rotate_input(eye, self.rotations(1.0)).T  # rotate_input(I) = Qᵀ
+        r = self.rotations(1.0) if rots is None else rots
+        q = self.rotate_input(eye, r).T  # rotate_input(I) = Qᵀ
         if self.dense_rotation is not None:
             q = q @ self.dense_rotation.weight
         return q
+
+    def rotation_dtype(self, x_dtype: torch.dtype) -> torch.dtype:
+        return torch.float32 if self.rotation_fp32 else x_dtype
 
     # ---------------------------------------------------------------- forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -296,6 +433,7 @@ class HybridLinear(nn.Module):
             return base(x)
         if self.dense_rotation is not None:
             x = self.dense_rotation(x)
+            self.applied["dense"] = self.dense_rotation.weight.detach()
         lam = self.lam()
         dtype = x.dtype
         if self.orth_active:
@@ -312,17 +450,32 @@ class HybridLinear(nn.Module):
                 cheap_weight = not training and n_tokens > self.out_features
                 mode = "weight" if (cheap_weight and self.n_factors == 1) else "input"
             if mode == "input":
-                y = base(self.rotate_input(x, rots.to(dtype)))
+                rdt = self.rotation_dtype(dtype)
+                applied = rots.to(rdt)
+                y = base(self.rotate_input(x.to(rdt), applied).to(dtype))
             else:
                 if self.n_factors > 1:
                     raise ValueError("apply_to='weight' supports the block structure only")
-                w = base.weight.reshape(self.out_features, self.n_blocks, self.block)
-                w = torch.einsum("okj,kji->oki", w, rots[0].to(w.dtype)).reshape_as(base.weight)
+                rdt = self.rotation_dtype(base.weight.dtype)
+                applied = rots[:1].to(rdt)
+                w = base.weight.to(rdt).reshape(self.out_features, self.n_blocks, self.block)
+                w = torch.einsum("okj,kji->oki", w, applied[0]).reshape_as(base.weight)
                 y = F.linear(x, w.to(dtype), base.bias)
+            self.applied["rotation"] = applied.detach()
         else:
             y = base(x)
         if self.lowrank_active:
-            a, bmat = self.hybrid_A, self.hybrid_B
+            if self.stiefel:
+                a, u = self.hybrid_A, self.hybrid_U
+                bmat = u @ self.hybrid_M
+                self.applied["A"] = a.detach()
+                self.applied["U"] = u.detach()
+            else:
+                a, bmat = self.factors()
+            if self.parametrized_lowrank and torch.is_grad_enabled() and a.requires_grad:
+                self._capture_grad("A", a)  # computed tensors: a hook lives for this pass only
+                if self.stiefel:
+                    self._capture_grad("B", bmat)
             if self.has_init_offset:  # gradient-aligned init: subtract the frozen B0 A0
                 a = torch.cat([a, self.hybrid_A0])
                 bmat = torch.cat([bmat, -self.hybrid_B0], dim=1)
@@ -331,7 +484,7 @@ class HybridLinear(nn.Module):
         return y
 
     def merged_weight(self) -> torch.Tensor:
-        """W' with y = W' x + b equal to forward(x) (dense rotation folded in too)."""
+        """W' with y = W' x + b equal to forward(x) (dense rotation folded in too), in fp32."""
         with torch.no_grad():
             w = self.base_layer.weight.float()
             lam = self.lam().float()
@@ -340,63 +493,103 @@ class HybridLinear(nn.Module):
                 q = self.rotate_input(eye, self.rotations(1.0 - lam)).T
                 w = w @ q
             if self.lowrank_active:
-                w = w + lam * self.scaling * (
-                    self.hybrid_B @ self.hybrid_A - self.hybrid_B0 @ self.hybrid_A0
-                )
+                a, bm = self.factors()
+                w = w + lam * self.scaling * (bm @ a - self.hybrid_B0 @ self.hybrid_A0)
             if self.dense_rotation is not None:
                 w = w @ self.dense_rotation.weight
         return w
 
-    # ---------------------------------------------------------------- initialisation
-    def init_from_gradient(self, grad: torch.Tensor, cfg: HybridConfig) -> tuple[float, float]:
-        """LoRA-GA initialisation from the full-weight gradient G, and the branch sensitivities.
+    # ---------------------------------------------------------------- branch signals
+    def _weight_gram(self) -> torch.Tensor:
+        """M_k = W_kᵀ W_k (blocks, b, b) of the frozen weight: ‖W_k X‖² = ⟨M_k X, X⟩."""
+        if self._wgram is None:
+            w = self.base_layer.weight.detach().float()
+            wb = w.reshape(self.out_features, self.n_blocks, self.block)
+            self._wgram = torch.einsum("oki,okj->kij", wb, wb)
+        return self._wgram
 
-        A0 = V_r^T (top right singular vectors), B0 = ς² U_[r:2r] (direction ArB2r),
-        ς = d_out^(1/4) / sqrt(γ) for the "stable" scale. Then A = A0, B = B0 and the branch
-        output s(BA - B0A0)x is zero. Returns (ρ_lr, ρ_orth): the unmixed gradient norms of both
-        branches at this point, from the first-order surrogate L ≈ <G, W_eff>.
+    def _weight_gram_eigh(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eigen-decomposition (D, V) of every M_k in float64, computed once (W is frozen)."""
+        if self._wgram_eigh is None:
+            d, v = torch.linalg.eigh(self._weight_gram().double())
+            self._wgram_eigh = (d.clamp_min(0.0), v)
+        return self._wgram_eigh
+
+    @property
+    def parametrized_lowrank(self) -> bool:
+        """Whether A or B is computed from other stored tensors (Stiefel, unit-norm rows): the
+        signal then needs the gradient of the applied factors, captured in the forward pass."""
+        return self.stiefel or self._parametrized("hybrid_A")
+
+    def _capture_grad(self, key: str, t: torch.Tensor) -> None:
+        def hook(g: torch.Tensor) -> None:
+            prev = self._applied_grads.get(key)
+            self._applied_grads[key] = g.detach().clone() if prev is None else prev + g.detach()
+
+        t.register_hook(hook)
+
+    @staticmethod
+    def _lowrank_reach(
+        a: torch.Tensor, b: torch.Tensor, grad_a: torch.Tensor, grad_b: torch.Tensor, c: float
+    ) -> float:
+        """‖P_T G‖_F for the low-rank branch at (A, B), T = {c (dB A + B dA)}, from the gradients
+        of the applied factors (∂L/∂A = c BᵀG, ∂L/∂B = c G Aᵀ with c = λ·s, divided out).
+
+        ‖P_T G‖² = ‖G V_A‖² + ‖U_Bᵀ G‖² - ‖U_Bᵀ G V_A‖² with V_A, U_B orthonormal bases of A's
+        row space and B's column space (singular values below 1e-7 of the largest dropped).
         """
-        g = grad.detach().float().to(self.hybrid_A.device)
-        r = self.r
-        k = min(2 * r, min(g.shape))
-        u, _, v = torch.svd_lowrank(g, q=min(4 * r, min(g.shape)), niter=4)
-        vh = v.T
-        if cfg.loraga_direction == "ArB2r":
-            a_idx, b_idx = list(range(0, r)), list(range(r, 2 * r))
-        elif cfg.loraga_direction == "A2rBr":
-            a_idx, b_idx = list(range(r, 2 * r)), list(range(0, r))
-        else:
-            a_idx, b_idx = list(range(1, 2 * r, 2)), list(range(0, 2 * r, 2))
-        a_idx = [i % k for i in a_idx]
-        b_idx = [i % k for i in b_idx]
-        a0 = vh[a_idx, :]
-        b0 = u[:, b_idx]
-        if cfg.loraga_scale == "stable":
-            b0 = b0 * (self.out_features**0.5 / cfg.loraga_gamma)  # ς² with ς = d_out^¼/√γ
-        with torch.no_grad():
-            self._raw("hybrid_A").copy_(a0)
-            self.hybrid_B.copy_(b0)
-            self.hybrid_A0.copy_(a0)
-            self.hybrid_B0.copy_(b0)
-        self.refresh_flags()
-        return self.sensitivities(g, cfg)
+        a, b, ga, gb = (t.detach().double() for t in (a, b, grad_a, grad_b))
 
-    def sensitivities(self, g: torch.Tensor, cfg: HybridConfig) -> tuple[float, float]:
-        """(ρ_lr, ρ_orth) from a weight gradient G through the surrogate <G, W Q(S) + sBA>.
+        def basis(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            u, sv, vh = torch.linalg.svd(m, full_matrices=False)
+            keep = sv > sv.max().clamp_min(1e-300) * 1e-7
+            return u[:, keep], sv[keep], vh[keep]
 
-        Low-rank: ∂/∂A = s Bᵀ G, ∂/∂B = s G Aᵀ (projected on the tangent space when A has
-        unit-norm rows). Orthogonal: autograd through the Cayley map of <G, W Q(S)>, which for
-        the block structure only needs the diagonal blocks M_k = W_kᵀ G_k (d_out·d_in·b work).
-        """
+        if c == 0 or (not bool(a.abs().sum() > 0) and not bool(b.abs().sum() > 0)):
+            return 0.0
+        total = 0.0
+        u_a, s_a, v_a = basis(a)  # A = u_a diag(s_a) v_a
+        g_va = None
+        if s_a.numel():
+            g_va = gb @ u_a / s_a  # ∝ G V_Aᵀ-basis: G v_aᵀ
+            total += float(g_va.pow(2).sum())
+        if bool(b.abs().sum() > 0):
+            u_b, s_b, v_b = basis(b)  # B = u_b diag(s_b) v_b
+            ub_g = (v_b @ ga) / s_b[:, None]  # ∝ U_Bᵀ G
+            total += float(ub_g.pow(2).sum())
+            if g_va is not None:
+                total -= float((u_b.T @ g_va).pow(2).sum())
+        return math.sqrt(max(total, 0.0)) / abs(c)
+
+    def _orth_reach(self, grad_s: torch.Tensor, lam: float) -> float:
+        """‖P_T G‖_F for the block rotation at R_k = cayley((1-λ) S_k), T = {W_k R_k Ω_k : Ω_k
+        skew}, from the gradient of the stored generators.
+
+        With K_k = ∂L/∂Ω_k and C_k = R_kᵀ M_k R_k (M_k = W_kᵀ W_k): ‖P_T G‖² = Σ_k ⟨K_k, H_k⁻¹ K_k⟩,
+        H_k Ω = (C_k Ω + Ω C_k)/2, which is diagonal in C_k's eigenbasis (R_kᵀ times M_k's):
+        Σ_ij K'_ij² · 2 / (d_i + d_j)."""
+        scale = 1.0 - lam
+        if scale <= 0:
+            return 0.0
+        s_t = self.skew(scale, self.hybrid_S.detach().double())[0]  # S~ = (1-λ) S
+        eye = torch.eye(self.block, dtype=torch.float64, device=s_t.device)
+        r = torch.linalg.solve(eye + s_t, eye - s_t)
+        g_st = self.skew(1.0, grad_s.detach().double())[0] / (2.0 * scale)  # ∂L/∂S~ (skew)
+        k = -0.5 * (eye + s_t) @ g_st @ (eye - s_t)  # ∂L/∂Ω with dR = R Ω
+        d, v = self._weight_gram_eigh()
+        kp = v.transpose(-1, -2) @ r @ k @ r.transpose(-1, -2) @ v
+        den = d[:, :, None] + d[:, None, :]
+        inv = torch.where(den > den.amax() * 1e-12, 2.0 / den.clamp_min(1e-300), 0.0)
+        return math.sqrt(max(float((kp.pow(2) * inv).sum()), 0.0))
+
+    def _orth_grad_from_weight_grad(self, g: torch.Tensor) -> torch.Tensor:
+        """∂L/∂S (stored generators) if the effective weight's gradient were G (autograd of the
+        first-order surrogate ⟨G, W Q((1-λ)S)⟩, block structure: only W_kᵀ G_k is needed)."""
+        lam = self.lambda_value()
         w = self.base_layer.weight.detach().float()
-        a, bm = self.hybrid_A.detach().float(), self.hybrid_B.detach().float()
-        ga, gb = self.scaling * (bm.T @ g), self.scaling * (g @ a.T)
-        params = getattr(self, "parametrizations", None)
-        if params is not None and "hybrid_A" in params:  # unit rows: the radial part is inert
-            ga = ga - (ga * a).sum(-1, keepdim=True) * a
-        s_param = self.hybrid_S.detach().clone().requires_grad_(True)
+        s_param = self.hybrid_S.detach().float().clone().requires_grad_(True)
         with torch.enable_grad():
-            rots = self.rotations(1.0, s_param)
+            rots = self.rotations(1.0 - lam, s_param)
             if self.n_factors == 1:
                 shape = (self.out_features, self.n_blocks, self.block)
                 m = torch.einsum("oki,okj->kij", w.reshape(shape), g.reshape(shape))
@@ -406,17 +599,91 @@ class HybridLinear(nn.Module):
                 q_t = self.rotate_input(eye, rots)  # = Qᵀ
                 surrogate = (g * (w @ q_t.T)).sum()
             (gs,) = torch.autograd.grad(surrogate, [s_param])
-        return _norm([ga, gb], cfg.grad_norm), _norm([gs], cfg.grad_norm)
+        return gs
 
-    def live_sensitivities(self, grad_norm: str) -> tuple[float, float] | None:
-        """Unmixed branch gradient norms from the current .grad (None if no gradient yet)."""
-        lr_grads = [p.grad for p in self.lowrank_parameters() if p.grad is not None]
-        if not lr_grads or self.hybrid_S.grad is None:
-            return None
+    def _orth_step_efficiency(self, grad_s: torch.Tensor, lam: float) -> float:
+        """Fallback for butterfly / Neumann rotations: ‖g‖² / ‖W dQ(g)‖, the first-order loss
+        decrease per unit weight change of a gradient step (a lower bound of ‖P_T G‖)."""
+        s_raw, g = self.hybrid_S.detach().float(), grad_s.detach().float()
+        scale = 1.0 - lam
+        w = self.base_layer.weight.detach().float()
+        if self.n_factors > 1:
+            _, d_qt = torch.func.jvp(
+                lambda p: self.rotate_input(
+                    torch.eye(self.in_features, device=p.device), self.rotations(scale, p)
+                ),
+                (s_raw,),
+                (g,),
+            )  # d(Qᵀ)
+            den = float((w @ d_qt.T).norm())
+        else:
+            _, d_rots = torch.func.jvp(lambda p: self.rotations(scale, p), (s_raw,), (g,))
+            d_r = d_rots[0]
+            sq = (torch.einsum("kij,kjl->kil", self._weight_gram(), d_r) * d_r).sum()
+            den = float(sq.clamp_min(0.0).sqrt())
+        num = float(g.pow(2).sum())
+        return num / den if den > 0 else 0.0
+
+    def _orth_score(self, grad_s: torch.Tensor | None, lam: float) -> float:
+        if grad_s is None or not self.orth_active:
+            return 0.0
+        if self.n_factors == 1 and self.cayley == "exact":
+            return self._orth_reach(grad_s, lam)
+        return self._orth_step_efficiency(grad_s, lam)
+
+    def scores_from_gradient(self, grad: torch.Tensor) -> tuple[float, float]:
+        """(ρ_lr, ρ_orth) of the configured signal from a full-weight gradient G (the
+        gradient-estimation pass; the model equals the base there)."""
+        g = grad.detach().float().to(self.hybrid_S.device)
         lam = self.lambda_value()
-        rho_lr = _norm(lr_grads, grad_norm) / max(lam, 1e-6)
-        rho_orth = _norm([self.hybrid_S.grad], grad_norm) / max(1.0 - lam, 1e-6)
-        return rho_lr, rho_orth
+        c = lam * self.scaling
+        a, b = (t.detach().float() for t in self.factors())
+        grad_a, grad_b = c * (b.T @ g), c * (g @ a.T)
+        gs = self._orth_grad_from_weight_grad(g)
+        if self.signal == "efficiency":
+            rho_lr = self._lowrank_reach(a, b, grad_a, grad_b, c) if self.lowrank_active else 0.0
+            return rho_lr, self._orth_score(gs, lam)
+        # legacy: raw gradient norms with the branch's own mixing factor divided out
+        return (
+            _norm([grad_a, grad_b], "l2") / max(lam, 1e-6),
+            _norm([gs], "l2") / max(1.0 - lam, 1e-6),
+        )
+
+    def live_sensitivities(self, grad_norm: str = "l2") -> tuple[float, float] | None:
+        """(ρ_lr, ρ_orth) from the current gradients (None if the layer has none yet).
+
+        ``efficiency``: ρ = ‖P_T G‖_F, the norm of the effective weight's gradient G projected on
+        the directions the branch can move W_eff in -- the largest first-order loss decrease per
+        unit change of W_eff the branch offers. It depends only on the set of reachable weights,
+        so it is invariant to the LoRA alpha, to λ and to how each branch is parametrised
+        (plain, unit-norm or Stiefel factors give the same ρ at the same point).
+        """
+        lam = self.lambda_value()
+        orth_grad = self.hybrid_S.grad if self.orth_active else None
+        if self.signal == "grad_norm":
+            lr_grads = [p.grad for p in self.lowrank_parameters()]
+            if any(gr is None for gr in lr_grads) or orth_grad is None:
+                return None
+            rho_lr = _norm(lr_grads, grad_norm) / max(lam, 1e-6)
+            rho_orth = _norm([orth_grad], grad_norm) / max(1.0 - lam, 1e-6)
+            return rho_lr, rho_orth
+        rho_lr = 0.0
+        if self.lowrank_active:
+            if self.parametrized_lowrank:
+                grad_a = self._applied_grads.get("A")
+                grad_b = self._applied_grads.get("B") if self.stiefel else self.hybrid_B.grad
+            else:
+                grad_a, grad_b = self.hybrid_A.grad, self.hybrid_B.grad
+            if grad_a is None or grad_b is None:
+                return None
+            with torch.no_grad():
+                a, b = self.factors()
+            rho_lr = self._lowrank_reach(a, b, grad_a, grad_b, lam * self.scaling)
+        elif orth_grad is None:
+            return None
+        if self.orth_active and orth_grad is None:
+            return None
+        return rho_lr, self._orth_score(orth_grad, lam)
 
 
 def cayley(s: torch.Tensor, mode: str = "exact", terms: int = 5) -> torch.Tensor:
@@ -442,6 +709,45 @@ def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = root.get_submodule(parent_name) if parent_name else root
     setattr(parent, child, module)
+
+
+def peft_loraga_factors(
+    layers: Mapping[str, nn.Linear],
+    grads: Mapping[str, torch.Tensor],
+    lora_config: Any,
+    rng_state: torch.Tensor | None = None,
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """peft's own LoRA-GA factors (A, B) for each named linear layer, from its gradient.
+
+    Runs peft's ``lora.Linear`` (``lora_ga_init``) on a proxy of each layer -- in the order and
+    from the RNG state ``get_peft_model`` uses for the ``lora_ga`` baseline, so the factors are
+    the baseline's bit for bit -- and leaves the real weights untouched (peft would subtract
+    s·B A from them). ``rng_state`` defaults to the current torch RNG state; the global RNG is
+    not advanced.
+    """
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    state = torch.get_rng_state() if rng_state is None else rng_state
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*lora_ga.*|.*LoRA-GA.*")
+        torch.set_rng_state(state)
+        for name, layer in layers.items():
+            proxy = nn.Linear(layer.in_features, layer.out_features, bias=False, device="meta")
+            proxy.weight = nn.Parameter(layer.weight.detach().float(), requires_grad=False)
+            proxy._peft_loraga_grad = grads[name]
+            lora = LoraLinear(
+                proxy,
+                "default",
+                config=lora_config,
+                r=lora_config.r,
+                lora_alpha=lora_config.lora_alpha,
+            )
+            out[name] = (
+                lora.lora_A["default"].weight.detach().float(),
+                lora.lora_B["default"].weight.detach().float(),
+            )
+    return out
 
 
 class HybridModel(nn.Module):
@@ -478,12 +784,6 @@ class HybridModel(nn.Module):
                 raise ValueError(f"dense_orthogonal_modules {dense} match no targeted module")
             for n in chosen:
                 add_dense_orthogonal(self.hybrid_layers[n])
-        if config.unit_norm_lowrank:
-            from training.constraints import unit_norm_rows
-
-            for layer in self.hybrid_layers.values():
-                if layer.unitary:
-                    unit_norm_rows(layer, "hybrid_A")
         self.lambda_history: list[dict[str, Any]] = []
         self.batch_rotations = True
         model.register_forward_pre_hook(self._prepare_rotations)
@@ -508,12 +808,12 @@ class HybridModel(nn.Module):
         One skew gather and one batched solve for all blocks of all layers instead of one per
         layer: on CPU the per-layer kernel overhead, not the arithmetic, dominates this part.
         """
-        groups: dict[str, list[HybridLinear]] = {}
+        groups: dict[tuple[str, int], list[HybridLinear]] = {}
         for layer in self.hybrid_layers.values():
             layer.cached_rotations = None
             if self.batch_rotations and layer.orth_active and not layer.bypass:
-                groups.setdefault(layer.cayley, []).append(layer)
-        for mode, layers in groups.items():
+                groups.setdefault((layer.cayley, layer.block), []).append(layer)
+        for (mode, _), layers in groups.items():
             first = layers[0]
             params = torch.cat([layer.hybrid_S for layer in layers], dim=1)
             scale = torch.cat(
@@ -548,11 +848,14 @@ class HybridModel(nn.Module):
         self,
         grad_batches: Iterable[Any] | None,
         loss_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None,
+        rng_state: torch.Tensor | None = None,
     ) -> dict[str, tuple[float, float]]:
-        """Gradient-estimation pass: LoRA-GA init and the initial λ_l from branch sensitivities.
+        """Gradient-estimation pass: peft's LoRA-GA init and the initial λ_l from the signal.
 
-        Uses peft's ``estimate_gradients`` (the same pass LoRA-GA runs) on the unmodified base
-        weights, which the wrapped layers expose as ``<name>.base_layer``.
+        Uses peft's ``estimate_gradients`` (the pass ``preprocess_loraga`` runs) on the unmodified
+        base weights, which the wrapped layers expose as ``<name>.base_layer``, and peft's
+        ``lora_ga_init`` for the factors (``peft_loraga_factors``; ``rng_state`` is the torch RNG
+        state the ``lora_ga`` baseline would start ``get_peft_model`` from).
         """
         cfg = self.config
         if cfg.init == "gaussian":
@@ -576,12 +879,18 @@ class HybridModel(nn.Module):
             finally:
                 for layer in self.hybrid_layers.values():
                     layer.bypass = False
+            grads = {n: grads[f"{n}.base_layer"] for n in self.hybrid_layers}
+            if cfg.init == "lora_ga":
+                factors = peft_loraga_factors(
+                    {n: layer.base_layer for n, layer in self.hybrid_layers.items()},
+                    grads,
+                    cfg.lora_ga_config(),
+                    rng_state,
+                )
+                for name, layer in self.hybrid_layers.items():
+                    layer.set_lowrank(*factors[name])
             for name, layer in self.hybrid_layers.items():
-                g = grads[f"{name}.base_layer"]
-                if cfg.init == "lora_ga":
-                    sens[name] = layer.init_from_gradient(g, cfg)
-                else:
-                    sens[name] = layer.sensitivities(g.float(), cfg)
+                sens[name] = layer.scores_from_gradient(grads[name])
         self._initial_lambdas(sens)
         self._sync_trainable()
         return sens
@@ -610,14 +919,15 @@ class HybridModel(nn.Module):
     def refresh_lambdas(self, step: int) -> dict[str, Any] | None:
         """Call after backward and before ``optimizer.step``; on every K-th step update λ.
 
-        ``grad_norm_ratio``: λ ← β λ + (1 - β) clip(ρ_lr / (ρ_lr + ρ_orth)), with ρ the branch
-        gradient norms divided by the branch's current mixing factor (λ or 1 - λ), so a branch
-        that is mixed down is not starved by its own small gradient. Other rules only log.
+        ``grad_norm_ratio``: λ ← β λ + (1 - β) clip(ρ_lr / (ρ_lr + ρ_orth)), with ρ the configured
+        signal measured on the live (all-reduced) gradients. Other rules only log.
         Returns the logged record on refresh steps, else None.
         """
         cfg = self.config
         if step % cfg.refresh_every:
+            self._reset_captured()
             return None
+        self._all_reduce_captured()
         with torch.no_grad():
             for layer in self.hybrid_layers.values():
                 sens = layer.live_sensitivities(cfg.grad_norm)
@@ -630,14 +940,41 @@ class HybridModel(nn.Module):
                 target = lr / (lr + orth) if lr + orth > 0 else layer.lambda_value()
                 target = min(max(target, cfg.lambda_min), cfg.lambda_max)
                 layer.hybrid_lambda.mul_(cfg.ema).add_((1.0 - cfg.ema) * target)
+        self._reset_captured()
         return self._record(step=step, source="refresh")
+
+    def _reset_captured(self) -> None:
+        """The applied-factor gradients are summed over one step's backward passes."""
+        for layer in self.hybrid_layers.values():
+            layer._applied_grads.clear()
+
+    def _all_reduce_captured(self) -> None:
+        """Under data parallelism the captured applied-factor gradients are local: average them
+        over the ranks (the parameters' .grad already are), so every rank computes the same λ."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+            return
+        world = dist.get_world_size()
+        for name in sorted(self.hybrid_layers):
+            layer = self.hybrid_layers[name]
+            if not layer.parametrized_lowrank or not layer.lowrank_active:
+                continue
+            for key in ("A", "B"):
+                t = layer._applied_grads.get(key)
+                if t is None:  # the same on every rank: same graph, same hooks
+                    continue
+                dist.all_reduce(t)
+                t /= world
 
     def _record(self, step: int, source: str) -> dict[str, Any]:
         rec = {
             "step": step,
             "source": source,
             "rule": self.config.rule,
+            "signal": self.config.signal,
             "lambdas": self.lambdas(),
+            # (ρ_lr, ρ_orth) per layer; the key keeps its first name for the metrics readers
             "branch_grad_norms": {
                 n: list(layer.last_grad_norms)
                 for n, layer in self.hybrid_layers.items()
@@ -701,7 +1038,8 @@ class HybridModel(nn.Module):
             raise FileNotFoundError(f"no {CONFIG_NAME} in {directory}")
         config = HybridConfig.from_dict(json.loads(cfg_path.read_text()))
         wrapped = cls(model, config)
-        state = load_file(str(directory / WEIGHTS_NAME))
+        device = next(iter(model.parameters())).device
+        state = load_file(str(directory / WEIGHTS_NAME), device=str(device))
         wrapped.load_adapter_state_dict(state)
         return wrapped
 

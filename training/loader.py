@@ -3,7 +3,8 @@
 Works for every method from the adapter directory alone plus the *unmodified* base model:
 peft adapters through ``PeftModel.from_pretrained`` (LoRA-GA was saved as a plain LoRA on the
 original base), the hybrid through ``HybridModel.from_pretrained``, full fine-tuning as a
-complete model directory.
+complete model directory, and ``untuned`` as the recorded base model itself. For a model that
+plain ``transformers`` (or peft) loads without govtune, see ``training/export.py``.
 """
 
 from __future__ import annotations
@@ -73,6 +74,11 @@ def load_finetuned(
     if not base:
         raise ValueError(f"{adapter}: the base model is not recorded; pass base_model=")
     model, tokenizer = load_causal_lm(base, dtype=dtype)
+    if method == "untuned":
+        for p in model.parameters():  # like the adapters' loaders: nothing here trains
+            p.requires_grad_(False)
+        model.eval()
+        return FinetunedModel(model, tokenizer, method, base, info)
     if method in PEFT_METHODS:
         from peft import PeftModel
 

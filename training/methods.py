@@ -3,14 +3,19 @@
 ``apply_method(model, MethodConfig, grad_batches)`` returns a model ready to train:
 
 ========== ============================================================================
+untuned     the base model as it is: no adapter, no training (the reports' untuned rows)
 full        every parameter trains
 lora        peft LoRA
 lora_ga     peft LoRA with LoRA-GA init (``preprocess_loraga`` rewrites base weights;
             ``save_adapter`` converts the result back to a plain LoRA on the original base)
-boft        peft BOFT (butterfly orthogonal)
+boft        peft BOFT (butterfly orthogonal). Without CUDA peft cannot build its butterfly
+            kernel and forces one butterfly factor: block-diagonal OFT. ``method_info`` records
+            the factors actually used, and the run's ``govtune_method.json`` carries it
 oft         peft OFT (v2: input-centric, Cayley–Neumann)
-hybrid      govtune's hybrid adapter (training/hybrid.py)
-hybrid_unitary  the hybrid plus unitary / unit-norm constraints on selected sub-layers
+hybrid      govtune's hybrid adapter (training/hybrid.py); its low-rank branch starts from
+            exactly the ``lora_ga`` baseline's factors (peft's own LoRA-GA computation)
+hybrid_unitary  the hybrid plus Stiefel (semi-orthogonal) low-rank factors and float32
+            rotations on selected sub-layers (default ``o_proj``, ``v_proj``)
 ========== ============================================================================
 """
 
@@ -27,11 +32,25 @@ from typing import Any
 import torch
 from torch import nn
 
-from training.hybrid import HybridConfig, HybridModel, default_loss, matches
+from training.hybrid import (
+    HybridConfig,
+    HybridModel,
+    default_loss,
+    loraga_lora_config,
+    matches,
+)
 
-METHODS = ("full", "lora", "lora_ga", "boft", "oft", "hybrid", "hybrid_unitary")
+METHODS = ("untuned", "full", "lora", "lora_ga", "boft", "oft", "hybrid", "hybrid_unitary")
 PEFT_METHODS = ("lora", "lora_ga", "boft", "oft")
 METHOD_FILE = "govtune_method.json"
+# the hybrid_unitary defaults: which sub-layers carry the unitary constraints
+UNITARY_DEFAULTS: dict[str, Any] = {
+    "exact_orthogonality": True,
+    "stiefel_lowrank": True,
+    "unitary_fp32": True,
+    "unitary_modules": ["o_proj", "v_proj"],
+}
+BOFT_CPU_NOTE = "butterfly_factors=1 (vanilla OFT: peft's CUDA kernel unavailable)"
 
 
 @dataclass
@@ -50,7 +69,8 @@ class MethodConfig:
     loraga_scale: str = "stable"
     loraga_gamma: int = 16
     boft_block_size: int = 8
-    boft_n_butterfly_factor: int = 1
+    # BOFT's butterfly: 2 factors where peft's CUDA kernel builds; on CPU peft forces 1
+    boft_n_butterfly_factor: int = 2
     oft_block_size: int = 32
     hybrid: dict[str, Any] = field(default_factory=dict)
 
@@ -77,7 +97,7 @@ class MethodConfig:
             "loraga_gamma": float(self.loraga_gamma),
         }
         if self.name == "hybrid_unitary":
-            base.update(exact_orthogonality=True, unit_norm_lowrank=True)
+            base.update(UNITARY_DEFAULTS)
         known = {f.name for f in fields(HybridConfig)}
         unknown = sorted(set(self.hybrid) - known)
         if unknown:
@@ -129,6 +149,14 @@ def apply_method(
     name = config.name
     if name in ("lora_ga", "hybrid", "hybrid_unitary") and grad_batches is None:
         raise ValueError(f"method {name!r} needs grad_batches for its gradient-estimation pass")
+    # the LoRA-GA factors of lora_ga and of the hybrid come from this RNG state (peft's
+    # randomised SVD), so both start from the same factors
+    rng_state = torch.get_rng_state()
+    if name == "untuned":
+        for p in model.parameters():
+            p.requires_grad_(False)
+        model._govtune_method_info = {"method": "untuned", "trained": False}
+        return model
     if name == "full":
         for p in model.parameters():
             p.requires_grad_(True)
@@ -136,7 +164,15 @@ def apply_method(
     check_targets(model, list(config.target_modules))
     if name.startswith("hybrid"):
         wrapped = HybridModel(model, config.to_hybrid_config())
-        wrapped.initialize(grad_batches, loss_fn)
+        if name == "hybrid_unitary" and not any(
+            layer.unitary for layer in wrapped.hybrid_layers.values()
+        ):
+            cfg = wrapped.config
+            raise ValueError(
+                f"hybrid_unitary: unitary_modules {cfg.unitary_modules} x unitary_layers "
+                f"{cfg.unitary_layers} select none of the targeted modules {cfg.target_modules}"
+            )
+        wrapped.initialize(grad_batches, loss_fn, rng_state=rng_state)
         return wrapped
 
     from peft import get_peft_model, get_peft_model_state_dict
@@ -159,15 +195,47 @@ def apply_method(
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Full backward hook is firing")
             preprocess_loraga(model, peft_cfg, train_step)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*fused.*|.*CUDA.*|.*extension.*")
+    with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
+        warnings.filterwarnings("ignore", message=".*fused.*|.*CUDA.*|.*extension.*|.*butterfly.*")
+        torch.set_rng_state(rng_state)
         peft_model = get_peft_model(model, peft_cfg)
     if name == "lora_ga":
         # the residual base W - s·B0A0 lives only in memory: keep the initial adapter so that
         # save_adapter can express the result as a plain LoRA on the original base
         init = get_peft_model_state_dict(peft_model)
         peft_model._govtune_lora_ga_init = {k: v.detach().clone() for k, v in init.items()}
+    peft_model._govtune_method_info = method_info(peft_model, config)
     return peft_model
+
+
+def method_info(model: nn.Module, config: MethodConfig) -> dict[str, Any]:
+    """What the method actually runs, where it differs from what its name promises.
+
+    For ``boft``: the butterfly factors peft used (``boft_R`` holds one block-diagonal factor per
+    butterfly stage) and, when that is 1 against more requested, a ``label`` saying so, so that
+    reports do not claim BOFT where it is block-diagonal OFT.
+    """
+    info: dict[str, Any] = {"method": config.name}
+    if config.name == "boft":
+        factors, cuda = set(), set()
+        for module in model.modules():
+            boft_r = getattr(module, "boft_R", None)
+            if isinstance(boft_r, nn.ParameterDict) and len(boft_r):
+                factors.update(int(p.shape[0]) for p in boft_r.values())
+                cuda.add(bool(getattr(module, "fbd_cuda_available", False)))
+        used = max(factors) if factors else None
+        info.update(
+            butterfly_factors_requested=config.boft_n_butterfly_factor,
+            butterfly_factors=used,
+            fbd_cuda_kernel=any(cuda),
+        )
+        if used == 1:
+            info["label"] = (
+                BOFT_CPU_NOTE
+                if not any(cuda) and config.boft_n_butterfly_factor > 1
+                else "butterfly_factors=1 (vanilla OFT: one butterfly factor configured)"
+            )
+    return info
 
 
 def _skip_boft_cuda_build() -> None:
@@ -182,7 +250,7 @@ def _skip_boft_cuda_build() -> None:
 
 def peft_config(config: MethodConfig) -> Any:
     """The peft config object for a peft-backed method."""
-    from peft import BOFTConfig, LoraConfig, LoraGAConfig, OFTConfig
+    from peft import BOFTConfig, LoraConfig, OFTConfig
 
     targets = list(config.target_modules)
     if config.name == "lora":
@@ -190,17 +258,14 @@ def peft_config(config: MethodConfig) -> Any:
             r=config.r, lora_alpha=config.alpha, lora_dropout=config.dropout, target_modules=targets
         )
     if config.name == "lora_ga":
-        return LoraConfig(
-            r=config.r,
-            lora_alpha=config.alpha,
-            lora_dropout=config.dropout,
-            target_modules=targets,
-            init_lora_weights="lora_ga",
-            lora_ga_config=LoraGAConfig(
-                direction=config.loraga_direction,
-                scale=config.loraga_scale,
-                stable_gamma=config.loraga_gamma,
-            ),
+        return loraga_lora_config(
+            targets,
+            config.r,
+            config.alpha,
+            config.dropout,
+            config.loraga_direction,
+            config.loraga_scale,
+            config.loraga_gamma,
         )
     if config.name == "boft":
         return BOFTConfig(
@@ -222,14 +287,18 @@ def save_adapter(
 ) -> Path:
     """Write what ``training.loader.load_finetuned`` needs to rebuild the model.
 
-    full → the whole model (safetensors); peft methods → peft's adapter format (LoRA-GA is
-    converted to a rank-2r LoRA on the original base); hybrid → HybridModel format.
-    ``govtune_method.json`` records the method, the base model and ``extra`` (task metadata).
+    untuned → nothing but the record (the base model is the model); full → the whole model
+    (safetensors); peft methods → peft's adapter format (LoRA-GA is converted to a rank-2r LoRA
+    on the original base); hybrid → HybridModel format. ``govtune_method.json`` records the
+    method, the base model, ``extra`` (task metadata) and ``method_info`` (what the method
+    actually ran, e.g. BOFT's butterfly factors).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     name = config.name
-    if name == "full":
+    if name == "untuned":
+        pass  # nothing trained: the recorded base model is the model
+    elif name == "full":
         model.save_pretrained(out, safe_serialization=True)
     elif name.startswith("hybrid"):
         model.save_pretrained(out)
@@ -252,6 +321,9 @@ def save_adapter(
     else:
         model.save_pretrained(out)
     meta = {"method": config.to_dict(), **dict(extra or {})}
+    info = getattr(model, "_govtune_method_info", None)
+    if info is not None:
+        meta["method_info"] = info
     (out / METHOD_FILE).write_text(json.dumps(meta, indent=2, default=str))
     return out
 
