@@ -1139,19 +1139,19 @@ def train(
         step_tokens.append(tokens)
         if log_now:
             tokens_all = tokens
-            if dist.world > 1 and moo_step is None:
+            if dist.world > 1:  # one all-reduce per logged step: mean loss, summed tokens
                 import torch.distributed as tdist
 
-                t = torch.stack(
-                    [
-                        loss_t.double().to(device),
-                        torch.tensor(float(tokens), device=device, dtype=torch.float64),
-                    ]
+                local = (
+                    loss_t.double().to(device)
+                    if moo_step is None
+                    else torch.zeros((), device=device, dtype=torch.float64)
                 )
+                t = torch.stack([local, torch.tensor(float(tokens), device=device).double()])
                 tdist.all_reduce(t)
-                loss_t, tokens_all = t[0] / dist.world, int(t[1])
-            elif dist.world > 1:
-                tokens_all = tokens * dist.world  # same batch shapes on every rank, roughly
+                tokens_all = int(t[1])
+                if moo_step is None:  # the MOO step loss is global already
+                    loss_t = t[0] / dist.world
             last_loss = float(loss_t)
             if lang_means is None:
                 lang_means = {k: float(torch.stack(v).mean()) for k, v in sorted(lang_acc.items())}
