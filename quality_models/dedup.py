@@ -68,7 +68,7 @@ def shingle_sets(texts: Sequence[str] | pa.Array, use_chars: bool, config: Dedup
 
 
 def signatures(
-    texts: Sequence[str] | pa.Array, use_chars: bool, config: DedupConfig, batch_docs: int = 4096
+    texts: Sequence[str] | pa.Array, use_chars: bool, config: DedupConfig, batch_docs: int = 16384
 ) -> tuple[np.ndarray, np.ndarray]:
     """MinHash signatures (n_docs x num_perm, uint32) and a mask of documents with shingles,
     computed a batch of documents at a time (:func:`quality_models.shingles.minhash`)."""
