@@ -7,6 +7,7 @@ Examples::
     python -m training --set method.hybrid.block_size=16 --set lr=1e-3 ...
     torchrun --nproc-per-node 2 -m training --config cfg.yaml        # data parallel over gloo
     python -m training convert-base gemma-3-270m [--out DIR]
+    python -m training export RUN_DIR OUT [--dtype float32] [--no-peft]   # training/export.py
 
 Writes ``run_dir/metrics.jsonl``, ``run_dir/adapter/``, ``run_dir/footprint.json``,
 ``run_dir/summary.json`` and ``run_dir/checkpoints/``. Under Dagster Pipes
@@ -222,10 +223,36 @@ def _convert(argv: Sequence[str]) -> int:
     return 0
 
 
+def _export(argv: Sequence[str]) -> int:
+    from training.export import export_run
+
+    p = argparse.ArgumentParser(
+        prog="python -m training export",
+        description="a merged Hugging Face model (OUT/merged) and peft adapters where peft can "
+        "express the method (OUT/peft)",
+    )
+    p.add_argument("run_dir", type=Path, help="a finished run directory (or its adapter/)")
+    p.add_argument("out", type=Path)
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--no-peft", action="store_true", help="only the merged model")
+    p.add_argument("--base-model", help="the base model, if not where the run recorded it")
+    args = p.parse_args(list(argv))
+    try:
+        result = export_run(
+            args.run_dir, args.out, args.dtype, peft=not args.no_peft, base_model=args.base_model
+        )
+    except (ValueError, OSError) as exc:
+        return bad_input(exc, None)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "convert-base":
         return _convert(argv[1:])
+    if argv and argv[0] == "export":
+        return _export(argv[1:])
     if argv and argv[0] == "train":
         argv = argv[1:]
     return _train(argv)

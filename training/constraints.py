@@ -55,17 +55,46 @@ def unit_norm_rows(module: nn.Module, attr: str) -> None:
     parametrize.register_parametrization(module, attr, UnitNormRows())
 
 
+class FixedReflectorSigns(nn.Module):
+    """Keeps the diagonal of a Householder-reflector tensor at its ±1 signs.
+
+    torch's Householder ``orthogonal`` map reads the column signs from the stored tensor's
+    diagonal through ``int()``; weight decay (or any update) that moves a diagonal entry from
+    ±1 towards 0 truncates it to 0 and zeroes that column. Placed before ``orthogonal`` in the
+    parametrisation chain, this restores the signs recorded when the matrix was assigned.
+    """
+
+    def __init__(self, k: int, device: torch.device | None = None) -> None:
+        super().__init__()
+        self.register_buffer("signs", torch.ones(k, device=device))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.diagonal_scatter(x, self.signs.to(x.dtype))
+
+    def right_inverse(self, x: torch.Tensor) -> torch.Tensor:
+        d = x.diagonal().sign()
+        self.signs.copy_(torch.where(d == 0, torch.ones_like(d), d))
+        return x
+
+
 def stiefel(module: nn.Module, attr: str) -> None:
     """Constrain a (possibly non-square) matrix ``module.<attr>`` to the Stiefel manifold:
     orthonormal rows if it is wide, orthonormal columns if it is tall.
 
     torch's ``orthogonal`` parametrisation with the Householder map and no trivialisation: the
     stored tensor holds the Householder reflectors (n x k, no n x n base buffer), forward costs
-    O(n k^2), and assigning a semi-orthogonal matrix to the attribute sets it exactly.
+    O(n k^2), and assigning a semi-orthogonal matrix to the attribute sets it exactly. A
+    ``FixedReflectorSigns`` guard in front keeps it robust to weight decay.
     """
     if parametrize.is_parametrized(module, attr):
         return
+    weight = getattr(module, attr)
+    guard = FixedReflectorSigns(min(weight.shape), device=weight.device)
+    parametrize.register_parametrization(module, attr, guard)
     orthogonal(module, attr, orthogonal_map="householder", use_trivialization=False)
+    with torch.no_grad():  # a valid starting point: the Q factor of what was there
+        q = torch.linalg.qr(weight.T if weight.shape[0] < weight.shape[1] else weight)[0]
+        setattr(module, attr, q.T if weight.shape[0] < weight.shape[1] else q)
 
 
 def add_dense_orthogonal(layer: Any) -> None:
