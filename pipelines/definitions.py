@@ -18,6 +18,7 @@ from assets import (
     tasks,
     training,
 )
+from assets.engine import EngineResource
 from assets.resources import GovtuneHome
 from assets.stage_io import GovernanceSettings
 from pipelines.jobs import JOBS
@@ -39,6 +40,7 @@ defs = dg.Definitions(
     resources={
         "home": GovtuneHome(),
         "governance": GovernanceSettings(),
+        "engine": EngineResource(),
         "pipes_subprocess_client": dg.PipesSubprocessClient(),
     },
 )

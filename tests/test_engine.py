@@ -152,3 +152,20 @@ def test_engine_config_is_validated_and_dispatches():
     assert "candidate_edges" in res.metadata
     _same(res, dedup_stage(table, cfg.dedup, "en"))
     assert pa.types.is_int32(res.kept.schema.field("dup_cluster_size").type)
+
+
+def test_the_engine_resource_overrides_the_config():
+    from assets.engine import EngineResource
+    from quality_models.config import load_governance_config
+
+    base = load_governance_config(None)
+    assert EngineResource().apply(base) is base
+    cfg = EngineResource(address="ray://head:10001", batch_rows=5000).apply(base)
+    assert (cfg.engine.name, cfg.engine.address, cfg.engine.batch_rows) == (
+        "ray",
+        "ray://head:10001",
+        5000,
+    )
+    assert base.engine.name == "local"  # the loaded config is not changed
+    with pytest.raises(ConfigError, match="engine resource.name"):
+        EngineResource(name="spark").apply(base)
