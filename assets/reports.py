@@ -9,6 +9,7 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
+from . import ui
 from .resources import GovtuneHome
 
 DESCRIPTIONS = {
@@ -66,6 +67,28 @@ def _image(path: Path) -> dg.MetadataValue:
     return dg.MetadataValue.md(f"![{path.stem}](data:image/png;base64,{encoded})")
 
 
+_LABELS = ("method", "variant", "arm", "claim")
+_VALUES = ("accuracy", "chrf", "flip_rate", "gain", "step_time_ratio", "ece", "estimate")
+
+
+def glance(table: pd.DataFrame, key: str) -> dg.MetadataValue:
+    """The table's headline number per row as a small inline bar chart, the values in words
+    beside it (the full figure is the `plot` entry, a click away: the UI renders only short
+    Markdown inline)."""
+    label = next((c for c in _LABELS if c in table.columns), None)
+    value = next((c for c in _VALUES if c in table.columns), None)
+    if label is None or value is None:
+        numeric = [c for c in table.columns if pd.api.types.is_numeric_dtype(table[c])]
+        if label is None or not numeric:
+            return dg.MetadataValue.md(f"{key}: {len(table)} rows")
+        value = numeric[0]
+    rows = table[[label, value]].dropna()
+    rows = rows.groupby(label, sort=False)[value].mean()
+    words = " · ".join(f"{k} {ui.rounded(float(v), 3)}" for k, v in rows.items())
+    caption = f"{value} by {label}: {words}"
+    return ui.labelled_bars(list(rows.values), caption, key)
+
+
 @dg.multi_asset(
     specs=[
         dg.AssetSpec(
@@ -73,9 +96,19 @@ def _image(path: Path) -> dg.MetadataValue:
             deps=[_EVALUATIONS],
             group_name="reports",
             kinds={"markdown", "csv"},
+            owners=["team:evaluation"],
             description=DESCRIPTIONS[name],
         )
         for name in REPORT_TABLES
+    ],
+    check_specs=[
+        dg.AssetCheckSpec(
+            "every_claim_has_a_verdict",
+            asset="table_accuracy_parity",
+            description="each seed claim (accuracy, calibration, parity, robustness, governance "
+            "gains, overhead) has a verdict: holds, does not hold, or inconclusive with the "
+            "smallest effect the data could detect",
+        )
     ],
     can_subset=True,
 )
@@ -122,10 +155,11 @@ def reports(context: dg.AssetExecutionContext, config: ReportConfig, home: Govtu
         table = report.tables[key]
         md, png = out / f"{key}.md", out / f"{key}.png"
         metadata = {
+            "glance": glance(table, key),
+            "plot": _image(png),
             "table" if name.startswith("table") else "figure": dg.MetadataValue.md(
                 markdown_table(table)
             ),
-            "plot": _image(png),
             "markdown": dg.MetadataValue.path(str(md)),
             "csv": dg.MetadataValue.path(str(out / f"{key}.csv")),
             "png": dg.MetadataValue.path(str(png)),
@@ -139,3 +173,27 @@ def reports(context: dg.AssetExecutionContext, config: ReportConfig, home: Govtu
         if key in ("accuracy_parity", "cost_quality_frontier"):
             metadata["verdicts"] = dg.MetadataValue.md(verdicts)
         yield dg.MaterializeResult(asset_key=name, metadata=metadata)
+        if name == VERDICT_ASSET:
+            yield verdict_check(report.verdicts)
+
+
+VERDICT_ASSET = "table_accuracy_parity"
+CLAIMS = ("accuracy", "calibration", "parity", "robustness", "governance", "overhead")
+
+
+def verdict_check(verdicts) -> dg.AssetCheckResult:
+    """Every seed claim has a verdict (holds / does not hold / inconclusive with its reason)."""
+    from evaluation.verdicts import HOLDS, INCONCLUSIVE, NOT_HOLDS
+
+    found = {v.claim: v for v in verdicts}
+    missing = [c for c in CLAIMS if c not in found]
+    unclear = [c for c, v in found.items() if v.verdict not in (HOLDS, NOT_HOLDS, INCONCLUSIVE)]
+    return dg.AssetCheckResult(
+        asset_key=VERDICT_ASSET,
+        check_name="every_claim_has_a_verdict",
+        passed=not missing and not unclear,
+        metadata={
+            "verdicts": dg.MetadataValue.json({c: v.label for c, v in found.items()}),
+            "missing": dg.MetadataValue.json(missing),
+        },
+    )

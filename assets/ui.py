@@ -141,6 +141,15 @@ def per_item(values: Sequence[float], what: str) -> dg.MetadataValue:
     return _inline(what, bars(pts), caption)
 
 
+def labelled_bars(values: Sequence[float], caption: str, name: str) -> dg.MetadataValue:
+    """Bars in row order with their labels and values in the caption (cut to stay inline)."""
+    image = bars(values, width=min(40 * max(len(values), 1), 200), height=40)
+    budget = INLINE_LIMIT - len(_png(image)) - len(name) - 40
+    if len(caption) > budget:
+        caption = caption[: max(budget - 1, 0)] + "…"
+    return _inline(name, image, caption)
+
+
 def _score(details: str) -> float | None:
     """The number a ledger row's decision turned on (a confidence, a Jaccard, a perplexity...)."""
     try:

@@ -140,7 +140,10 @@ def test_experiment_grid_reuse_and_reports(home):
     out = home.path("reports", "t")
     for name, key in REPORT_TABLES.items():
         assert "table" in mats[name] or "figure" in mats[name]
-        assert mats[name]["plot"].value.startswith("![")  # the PNG shown in the UI
+        assert mats[name]["plot"].value.startswith("![")  # the full PNG, a click away
+        glance = mats[name]["glance"].value  # short enough for the UI to render it inline
+        assert len(glance) < 1000, (name, len(glance))
+        assert glance.startswith("![") and "data:image/png;base64," in glance
         for suffix in (".md", ".csv", ".png"):
             assert (out / f"{key}{suffix}").is_file(), f"{key}{suffix} missing"
     report = (out / "report.md").read_text()
@@ -153,6 +156,9 @@ def test_experiment_grid_reuse_and_reports(home):
         assert dg.AssetKey("model_evaluation") in graph.get(dg.AssetKey(name)).parent_keys
     summary = json.loads((out / "report.json").read_text())
     assert summary["experiment"] == "t"
+    (check,) = res.get_asset_check_evaluations()
+    assert check.check_name == "every_claim_has_a_verdict" and check.passed
+    assert set(check.metadata["verdicts"].value) >= {"accuracy", "governance", "overhead"}
 
 
 def _govtune(tmp_path, *args):
