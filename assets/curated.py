@@ -1,4 +1,4 @@
-"""The curated per-language datasets: Parquet that ``datasets`` loads, with a dataset card."""
+"""The curated per-language datasets: Parquet that `datasets` loads, with a dataset card."""
 
 import hashlib
 

@@ -25,7 +25,7 @@ from .stage_io import (
 def deduplicated(context: dg.AssetExecutionContext, home: GovtuneHome,
                  governance: GovernanceSettings, engine: EngineResource):  # fmt: skip
     """One kept representative per exact/near-duplicate cluster, with its cluster size (the
-    ``rehydrate`` arm up-weights by it in training); every removal names a kept document."""
+    `rehydrate` arm up-weights by it in training); every removal names a kept document."""
     variant, lang = variant_and_lang(context)
     table = read_stage(home, variant, "language_id", "all").kept(lang)
     # the engine (local, or Ray: sharded across workers) changes where it runs, not the result

@@ -107,6 +107,7 @@ def _summary(out) -> dict:
     kinds={"pytorch", "parquet"},
     op_tags={"govtune/stage": TRAINING_TAG},
     pool=TRAINING_POOL,
+    owners=["team:evaluation"],
 )
 def model_evaluation(
     context: dg.AssetExecutionContext,

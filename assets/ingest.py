@@ -1,9 +1,9 @@
 """Raw inputs: the bundled demo corpus (built from shipped text), and the ingest of each source.
 
-``raw_documents`` is partitioned by source (a dynamic partition per input): ``demo`` is the
-bundled corpus, ``task_pool`` the training side of the gettext task (written by the
-``task_pool`` asset, with its label/group/split columns, which travel through every stage), and
-every file dropped into ``<data root>/inbox/`` becomes its own partition (the inbox sensor adds
+`raw_documents` is partitioned by source (a dynamic partition per input): `demo` is the
+bundled corpus, `task_pool` the training side of the gettext task (written by the
+`task_pool` asset, with its label/group/split columns, which travel through every stage), and
+every file dropped into `<data root>/inbox/` becomes its own partition (the inbox sensor adds
 it), so a new file is ingested alone and appears as its own run.
 """
 
@@ -30,7 +30,12 @@ class DemoCorpusConfig(dg.Config):
     seed: int = 0
 
 
-@dg.asset(group_name="governance", code_version="1", kinds={"python", "parquet"})
+@dg.asset(
+    group_name="governance",
+    code_version="1",
+    kinds={"python", "parquet"},
+    owners=["team:governance"],
+)
 def demo_corpus(config: DemoCorpusConfig, home: GovtuneHome) -> dg.MaterializeResult:
     """Real text from installed packages and system catalogues, with seeded planted noise."""
     paths = build_demo_corpus(home.path("raw", "demo"), seed=config.seed)
@@ -48,7 +53,7 @@ def demo_corpus(config: DemoCorpusConfig, home: GovtuneHome) -> dg.MaterializeRe
 
 
 def source_namespace(source: str) -> str:
-    """The prefix of every ``source`` (and so of every id) of a source partition: the built-in
+    """The prefix of every `source` (and so of every id) of a source partition: the built-in
     sources are named after themselves, inbox files after the inbox they were dropped into."""
     return source if source in (DEMO_SOURCE, TASK_POOL_SOURCE) else "inbox"
 
@@ -72,7 +77,7 @@ def source_input(home: GovtuneHome, source: str) -> str:
 def raw_documents(
     context: dg.AssetExecutionContext, home: GovtuneHome, governance: GovernanceSettings
 ):
-    """One source's records with a stable ``doc_id`` (its path relative to the source's
+    """One source's records with a stable `doc_id` (its path relative to the source's
     folder + position, namespaced by the source key); unusable records are quarantined."""
     source = context.partition_key
     result = ingest_sources(

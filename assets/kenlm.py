@@ -33,6 +33,7 @@ def model_for(home: GovtuneHome, lang: str) -> str | None:
     code_version="1",
     partitions_def=language_partitions,
     kinds={"kenlm"},
+    owners=["team:governance"],
 )
 def kenlm_models(
     context: dg.AssetExecutionContext, home: GovtuneHome, governance: GovernanceSettings

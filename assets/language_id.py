@@ -1,6 +1,6 @@
 """Language identification stage (fastText), one materialisation per governance variant.
 
-The stage registers a ``languages`` partition for every language it keeps a document in (the
+The stage registers a `languages` partition for every language it keeps a document in (the
 one source of truth for the per-language stages), and publishes its kept rows split by
 language so each per-language stage reads only its own file.
 """
@@ -29,9 +29,9 @@ from .stage_io import (
 )
 def language_id(context: dg.AssetExecutionContext, home: GovtuneHome,
                 governance: GovernanceSettings):  # fmt: skip
-    """``lang``, ``lang_score``, ``script`` and ``lid_decision`` per document; out-of-scope,
+    """`lang`, `lang_score`, `script` and `lid_decision` per document; out-of-scope,
     script mismatches, confident declared/predicted mismatches and low-confidence documents go
-    to the ledger (not under ``no_lid``/``none``). New languages become partitions."""
+    to the ledger (not under `no_lid`/`none`). New languages become partitions."""
     variant = context.partition_key
     table = read_stage(home, "all", "normalized", "all").kept()
     result = language_id_stage(table, governance.load(variant))

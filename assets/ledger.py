@@ -35,7 +35,7 @@ def _ids(table: pa.Table) -> list[str]:
 
 
 def audit(home: GovtuneHome, variant: str, sources: list[str]) -> dict:
-    """Where every raw document of ``variant`` ended, read from the published files."""
+    """Where every raw document of `variant` ended, read from the published files."""
     raw: set[str] = set()
     ledgers: list[pa.Table] = []
     stale: list[str] = []

@@ -2,10 +2,10 @@
 arms) and experiment runs.
 
 Languages come from one source of truth: the governance config decides the scope (by default
-every language the LID model can emit) and the ``language_id`` stage registers a ``languages``
+every language the LID model can emit) and the `language_id` stage registers a `languages`
 partition for every language it keeps a document in. No second list exists, so a document can
 never sit in a language that has no partition. Per-language stages are partitioned by
-``variant x lang`` so every ablation arm of every language is its own materialisation.
+`variant x lang` so every ablation arm of every language is its own materialisation.
 """
 
 import dagster as dg
@@ -32,11 +32,11 @@ def multi_key(variant: str, lang: str) -> dg.MultiPartitionKey:
 
 
 # Experiment runs: the fine-tuning method x training seed, on classification (zero-shot: trained
-# on English only; ``tt-``: translate-train, trained on every task language) or (``mt-``)
+# on English only; `tt-`: translate-train, trained on every task language) or (`mt-`)
 # translation. With the governance variant they form the second partitioned grid, so every
 # (arm, method, seed) model is its own materialisation. The run keys are dynamic: an experiment
-# plan adds the runs it will train (``pipelines.experiment``), so the UI lists what exists.
-# ``lexical`` (the character-n-gram baseline) and ``untuned`` (the base model) train nothing.
+# plan adds the runs it will train (`pipelines.experiment`), so the UI lists what exists.
+# `lexical` (the character-n-gram baseline) and `untuned` (the base model) train nothing.
 METHODS = METHOD_ORDER
 UNTRAINED = ("lexical", "untuned")
 run_partitions = dg.DynamicPartitionsDefinition(name="runs")
@@ -52,14 +52,14 @@ def run_key(method: str, seed: int, task: str = "classification", protocol: str 
 
 
 def parse_run_key(key: str) -> tuple[str, str, int]:
-    """``"mt-lora_ga-s2"`` → ``("translation", "lora_ga", 2)`` (the protocol of a classification
+    """`"mt-lora_ga-s2"` → `("translation", "lora_ga", 2)` (the protocol of a classification
     run: :func:`run_protocol`)."""
     task, _, method, seed = _parse(key)
     return task, method, seed
 
 
 def run_protocol(key: str) -> str:
-    """``zero_shot`` (trained on English), ``translate_train`` (``tt-``) or ``""`` (translation)."""
+    """`zero_shot` (trained on English), `translate_train` (`tt-`) or `""` (translation)."""
     return _parse(key)[1]
 
 

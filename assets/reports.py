@@ -1,6 +1,6 @@
 """The report assets (Tables II–VI and the cost-quality frontier): one computation over every
 scored run of an experiment, six assets with their own Markdown table and plot in the UI, all
-with lineage to ``model_evaluation`` (and through it to the models and governance variants)."""
+with lineage to `model_evaluation` (and through it to the models and governance variants)."""
 
 import base64
 import json
@@ -49,9 +49,9 @@ class ReportConfig(dg.Config):
 
 
 def load_scored_runs(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Every ``<variant>/<run>.parquet`` under ``folder`` → classification rows, translation
-    rows and footprints (``evaluation.store.load_scored_runs``: also ``tt-`` translate-train
-    runs and the ``lexical`` / ``untuned`` baselines)."""
+    """Every `<variant>/<run>.parquet` under `folder` → classification rows, translation
+    rows and footprints (`evaluation.store.load_scored_runs`: also `tt-` translate-train
+    runs and the `lexical` / `untuned` baselines)."""
     from evaluation.store import load_scored_runs as load
 
     try:

@@ -1,4 +1,4 @@
-"""The data root every asset reads and writes (DESIGN §2: ``./.govtune`` or ``GOVTUNE_HOME``)."""
+"""The data root every asset reads and writes (DESIGN §2: `./.govtune` or `GOVTUNE_HOME`)."""
 
 import os
 from pathlib import Path
@@ -20,11 +20,11 @@ class GovtuneHome(dg.ConfigurableResource):
 
     def stage_dir(self, variant: str, stage: str, name: str) -> Path:
         """A stage's published output for one partition: kept + ledger files and the manifest
-        that publishes them together (``quality_models.storage``)."""
+        that publishes them together (`quality_models.storage`)."""
         return self.path("stages", variant, stage, name)
 
     def ledger_file(self, variant: str) -> Path:
-        """Every ledger row of one governance variant, all stages together (the ``ledger``
+        """Every ledger row of one governance variant, all stages together (the `ledger`
         asset writes it; the rows themselves live with each stage's published output)."""
         return self.path("rejected", f"{variant}.parquet")
 

@@ -1,6 +1,6 @@
 """What every governance asset does around its library call: read the upstream stage's
-*published* output, publish kept rows and ledger rows together (``quality_models.storage``),
-report metadata, and check the ledger invariant (``input = kept + rejected``) from the files on
+*published* output, publish kept rows and ledger rows together (`quality_models.storage`),
+report metadata, and check the ledger invariant (`input = kept + rejected`) from the files on
 disk as a blocking asset check."""
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -21,7 +21,7 @@ from .resources import GovtuneHome
 
 LEDGER_CHECK = "ledger_balances"
 
-# What automation (the ``governance_refresh`` sensor) re-materialises: every partition that
+# What automation (the `governance_refresh` sensor) re-materialises: every partition that
 # exists, whose inputs now carry another data version, and whose upstream blocking checks all
 # passed — a failed check stops the refresh from running past it. A refresh that re-ingests
 # unchanged data changes no data version, so nothing downstream is recomputed.
@@ -35,7 +35,7 @@ REFRESH_CONDITION = (
 
 
 class GovernanceSettings(dg.ConfigurableResource):
-    """The governance YAML (``None``: the defaults, which run on the demo data)."""
+    """The governance YAML (`None`: the defaults, which run on the demo data)."""
 
     config_file: str | None = None
 
@@ -112,7 +112,7 @@ def finish_stage(
 
 
 def ledger_check(pub: Published) -> dg.AssetCheckResult:
-    """``input = kept + rejected``, with the row counts read from the Parquet files themselves
+    """`input = kept + rejected`, with the row counts read from the Parquet files themselves
     (not from the manifest's own numbers)."""
     kept = sum(
         pq.read_metadata(pub.folder / f["file"]).num_rows for f in pub.manifest["kept"].values()
@@ -135,7 +135,7 @@ def _md_table(rows: dict[str, Any], key: str, value: str) -> str:
 
 
 def _histograms(metadata: Mapping[str, Any], prefix: str = "") -> dict[str, dg.MetadataValue]:
-    """Every ``{"counts": [...], "edges": [...]}`` in a stage's metadata, as an inline plot."""
+    """Every `{"counts": [...], "edges": [...]}` in a stage's metadata, as an inline plot."""
     out: dict[str, dg.MetadataValue] = {}
     for key, value in metadata.items():
         if not isinstance(value, Mapping):

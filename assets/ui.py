@@ -50,7 +50,7 @@ COLUMN_DESCRIPTIONS = {
 
 
 def rounded(value: Any, digits: int = 4) -> Any:
-    """Floats rounded to ``digits`` significant digits, recursively (UI metadata is read, not
+    """Floats rounded to `digits` significant digits, recursively (UI metadata is read, not
     computed with: 0.10000000149011612 reads as 0.1)."""
     if isinstance(value, float):
         if not math.isfinite(value) or value == 0:
