@@ -49,9 +49,10 @@ def _objective(m: np.ndarray, w: np.ndarray) -> float:
 def test_mgda_agrees_with_torchjd() -> None:
     """Same problem (the min-norm point of the convex hull). torchjd runs plain Frank-Wolfe
     (Sener and Koltun's Algorithm 2), which converges sublinearly; ours adds away steps and an
-    exact solve on the support. With a tight tolerance torchjd comes within 1e-4 of our
-    objective (relative to the mean squared gradient norm); its default (stop once the step is below 1e-3) can stop early on strongly
-    conflicting gradients (up to ~2.5x our objective here); neither goes below ours."""
+    exact solve on the support. With a tight tolerance torchjd comes within 1e-4 (of the mean
+    squared gradient norm) of our objective; its default (stop once the step is below 1e-3)
+    can stop early on strongly conflicting gradients (up to ~2.5x our objective here);
+    neither goes below ours."""
     for m in _grams(0):
         ours = mgda_weights(m)
         tight = MGDAWeighting(epsilon=1e-12, max_iters=20_000)(torch.from_numpy(m)).numpy()
