@@ -5,7 +5,8 @@ Examples::
     python -m training --config cfg.yaml
     python -m training --model tiny --method hybrid --rule learned --steps 20 --run-dir runs/x
     python -m training --set method.hybrid.block_size=16 --set lr=1e-3 ...
-    torchrun --nproc-per-node 2 -m training --config cfg.yaml        # data parallel over gloo
+    torchrun --nproc-per-node 2 -m training --config cfg.yaml   # DDP: NCCL on GPUs, gloo on CPUs
+    python -m training --set device=cuda --set dtype=bfloat16 ...    # training/device.py
     python -m training convert-base gemma-3-270m [--out DIR]
     python -m training export RUN_DIR OUT [--dtype float32] [--no-peft]   # training/export.py
 
@@ -71,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int)
     p.add_argument("--threads", type=int)
     p.add_argument("--moo", help="none|mgda|pcgrad|cagrad")
+    p.add_argument(
+        "--device", choices=["auto", "cpu", "cuda"], help="default auto (CUDA if present)"
+    )
     p.add_argument("--no-resume", action="store_true", help="start over even if checkpoints exist")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument(
@@ -114,6 +118,7 @@ def config_from_args(args: argparse.Namespace, extra: dict[str, Any] | None = No
         "checkpoint_every": args.checkpoint_every,
         "threads": args.threads,
         "moo": args.moo,
+        "device": args.device,
         "debug_kill_at_step": args.debug_kill_at_step,
     }
     cfg.update({k: v for k, v in flags.items() if v is not None})
