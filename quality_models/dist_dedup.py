@@ -464,10 +464,13 @@ def split_reduce(cfg: DedupConfig, shards: Sequence[int], *pieces: dict | None) 
 
 
 def filter_map(
-    shard: int, spec: Any, state: dict, cfg: DedupConfig, n_exact: int, *pieces: Any
-) -> tuple[pa.Table, pa.Table, dict]:
+    shard: int, spec: Any, state: dict, cfg: DedupConfig, n_exact: int, *pieces: Any,
+    out: tuple[str, str] | None = None,
+) -> tuple[Any, Any, dict]:  # fmt: skip
     """Kept rows (with ``content_hash``, ``dup_cluster``, ``dup_cluster_size``) and ledger rows
-    of one shard, in its row order, and its statistics."""
+    of one shard, in its row order, and its statistics. With ``out = (folder, name)`` the rows
+    are written there as part files (:func:`quality_models.storage.write_part`) and only their
+    descriptions are returned, so no table travels back to the driver."""
     table = load_shard(spec)
     n = state["n"]
     doc_ids = state["doc_id"].to_pylist()
@@ -519,6 +522,13 @@ def filter_map(
         "clusters_with_duplicates": int((kept_sizes > 1).sum()),
         "largest_cluster": int(kept_sizes.max()) if len(kept_sizes) else 0,
     }
+    if out is not None:
+        from .storage import write_part
+
+        folder, name = out
+        kept_part = write_part(folder, kept_table, f"kept.{name}") if kept_table.num_rows else None
+        rej_part = write_part(folder, rejected, "rejected") if rejected.num_rows else None
+        return kept_part, rej_part, stats
     return kept_table, rejected, stats
 
 
@@ -539,6 +549,20 @@ class DistributedDedup:
     kept: list
     rejected: list
     stats: dict[str, Any] = field(default_factory=dict)
+    out: tuple[str, str] | None = None
+    input_rows: int = 0
+
+    def publish(self, info: dict | None = None):
+        """Publish the part files the shards wrote (``out=``) under one manifest."""
+        from .storage import publish_parts
+
+        if self.out is None:
+            raise ValueError("dedup_sharded(..., out=(folder, name)) writes part files")
+        folder, name = self.out
+        kept = [k for k in self.engine.get(self.kept) if k is not None]
+        rejected = [r for r in self.engine.get(self.rejected) if r is not None]
+        return publish_parts(folder, {name: kept}, rejected, input_rows=self.input_rows,
+                             info=info)  # fmt: skip
 
     def to_stage_result(self) -> StageResult:
         """Kept and ledger rows of every shard concatenated (for outputs that fit in memory)."""
@@ -556,9 +580,12 @@ def dedup_sharded(
     lang: str | None,
     engine: Any,
     index: dict | None = None,
+    out: tuple[str, str] | None = None,
 ) -> DistributedDedup:
     """Dedup one language given as ``shards`` (tables or Parquet shard specs, in row order) on
-    ``engine``; ``index``: the kept documents of earlier generations (:func:`build_index`)."""
+    ``engine``; ``index``: the kept documents of earlier generations (:func:`build_index`);
+    ``out = (folder, name)``: every shard writes its kept and ledger part files there
+    (:meth:`DistributedDedup.publish` then publishes them)."""
     cfg.validate()
     if index is not None and cfg.similarity == "shingles":
         raise ValueError("incremental dedup verifies by signature: set dedup.similarity=signature")
@@ -617,14 +644,23 @@ def dedup_sharded(
             split_stats.append(r[-1])
     kept, rejected, stats = [], [], []
     for k, s in enumerate(ids):
-        r = engine.submit(filter_map, s, specs[k], states[k], cfg, len(ex_by[s]),
+        r = engine.submit(_filter_task, out, s, specs[k], states[k], cfg, len(ex_by[s]),
                           *ex_by[s], *split_by[s], num_returns=3)  # fmt: skip
         kept.append(r[0])
         rejected.append(r[1])
         stats.append(r[2])
     meta = _metadata(cfg, use_chars, lang, engine.get(stats), engine.get(split_stats),
                      engine.get(cc_stats))  # fmt: skip
-    return DistributedDedup(engine, kept, rejected, meta)
+    rows = engine.get([engine.submit(_rows, st) for st in states[: len(ids)]])
+    return DistributedDedup(engine, kept, rejected, meta, out, int(sum(rows)))
+
+
+def _rows(state: dict) -> int:
+    return int(state["n"])
+
+
+def _filter_task(out, shard, spec, state, cfg, n_exact, *pieces):
+    return filter_map(shard, spec, state, cfg, n_exact, *pieces, out=out)
 
 
 def _metadata(cfg, use_chars, lang, stats, split_stats, cc_stats) -> dict[str, Any]:

@@ -169,3 +169,27 @@ def test_the_engine_resource_overrides_the_config():
     assert base.engine.name == "local"  # the loaded config is not changed
     with pytest.raises(ConfigError, match="engine resource.name"):
         EngineResource(name="spark").apply(base)
+
+
+def test_shards_publish_part_files_under_one_manifest(ray_engine, tmp_path):
+    from quality_models.storage import publish, read_published
+
+    table = _corpus(seed=6)
+    cfg = DedupConfig()
+    ref = dedup_stage(table, cfg, "en")
+    folder = tmp_path / "stages" / "full" / "deduplicated" / "en"
+    for engine, shards in ((LocalEngine(partitions=2), 3), (ray_engine, 2)):
+        run = dedup_sharded(_shards(table, shards), cfg, "en", engine, out=(str(folder), "en"))
+        pub = run.publish()
+        assert len(pub.manifest["kept"]["en"]["parts"]) == shards  # one part per shard
+        again = read_published(folder)
+        assert again.kept("en").equals(ref.kept) and again.rejected().equals(ref.rejected)
+        assert again.rows_on_disk() == (ref.kept.num_rows, ref.rejected.num_rows)
+        assert again.manifest["input"] == table.num_rows
+        assert {p.name for p in folder.iterdir()} == {p.name for p in pub.files()} | {
+            "manifest.json"
+        }
+    # a later one-part publication supersedes the parts (they are deleted)
+    single = publish(folder, {"en": ref.kept}, ref.rejected, input_rows=table.num_rows)
+    assert "parts" not in single.manifest["kept"]["en"] and len(single.files()) == 2
+    assert len(list(folder.glob("*.parquet"))) == 2
