@@ -17,13 +17,15 @@ Arms (each in a fresh child process, so peak memory is its own: the sum of the R
 process and every child, Ray's workers included, sampled every 0.1 s):
 
 * ``stage``: ``dedup_stage`` in one process on the whole table (the in-memory path);
-* ``local``: the sharded pipeline on the local engine (``batch_rows`` shards, spilled to disk);
+* ``local``: the sharded pipeline on the local engine (shards, intermediates spilled to disk);
 * ``ray1`` / ``ray2``: the sharded pipeline on a local Ray with 1 / 2 CPUs;
 * ``datasketch``: ``MinHash.bulk`` + ``MinHashLSH`` (insertion session, then one query per
   document; a document is removed when an earlier one collides: no verification).
 
-docs/s per core divides by the workers. Times include reading nothing from disk: the corpus is
-generated in the child before the clock starts.
+docs/s per core divides by the workers. The corpus is generated once per size and kind into
+Parquet (``--work``); the sharded arms read it in ``--batch-rows`` shards and write part files
+(out of core); ``stage`` and ``datasketch`` read it whole. Times and peaks cover reading,
+dedup and publishing the output; Ray's start-up is not timed.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -45,39 +48,67 @@ ARMS = ("stage", "local", "ray1", "ray2", "datasketch")
 WORKERS = {"stage": 1, "local": 1, "ray1": 1, "ray2": 2, "datasketch": 1}
 
 
-def corpus(n: int, kind: str, seed: int = 0):
-    """``(doc_ids, texts, family, planted)``: ``family[i]`` is the planted original of document
-    i (itself for originals); ``planted`` lists ``(copy, original)`` index pairs."""
+def corpus(n: int, kind: str, seed: int = 0, chunk: int = 1_000_000):
+    """Yield ``(doc_ids, texts, family, planted)`` per chunk of at most ``chunk`` documents:
+    ``family[i]`` is the global index of document i's planted original (itself for originals),
+    ``planted`` lists ``(copy, original)`` global index pairs. Copies point into their own
+    chunk, so memory stays bounded by one chunk."""
     rng = np.random.default_rng(seed)
     vocab = np.array([f"w{i:05d}" for i in range(50_000)], dtype=object)
     weights = 1.0 / np.arange(1, len(vocab) + 1) ** 0.8
-    weights /= weights.sum()
-    cum = np.cumsum(weights)
-    lengths = rng.integers(8, 21, size=n) if kind == "short" else np.full(n, 180)
-    draws = np.searchsorted(cum, rng.random(int(lengths.sum())))
-    offs = np.concatenate([[0], np.cumsum(lengths)])
-    role = rng.random(n)
-    family = np.arange(n)
-    words = [draws[offs[i] : offs[i + 1]] for i in range(n)]
-    planted = []
-    for i in range(1, n):
-        if role[i] < 0.33:
-            j = int(rng.integers(0, i))
-            j = int(family[j])
-            w = words[j].copy()
-            if role[i] >= 0.03:  # near copy (else exact)
-                if kind == "short":
-                    w[-1] = int(rng.integers(0, len(vocab)))
-                else:
-                    frac = (0.01, 0.03, 0.05, 0.1)[int(rng.integers(0, 4))]
-                    pos = rng.choice(len(w), size=max(1, int(frac * len(w))), replace=False)
-                    w[pos] = rng.integers(0, len(vocab), size=len(pos))
-            words[i] = w
-            family[i] = j
-            planted.append((i, j))
-    texts = [" ".join(vocab[w].tolist()) for w in words]
-    ids = [f"{i:010d}" for i in range(n)]
-    return ids, texts, family, planted
+    cum = np.cumsum(weights / weights.sum())
+    for base in range(0, n, chunk):
+        m = min(chunk, n - base)
+        lengths = rng.integers(8, 21, size=m) if kind == "short" else np.full(m, 180)
+        draws = np.searchsorted(cum, rng.random(int(lengths.sum())))
+        offs = np.concatenate([[0], np.cumsum(lengths)])
+        words = [draws[offs[i] : offs[i + 1]] for i in range(m)]
+        role = rng.random(m)
+        family = np.arange(m)
+        planted = []
+        for i in range(1, m):
+            if role[i] < 0.33:
+                j = int(family[int(rng.integers(0, i))])
+                w = words[j].copy()
+                if role[i] >= 0.03:  # a near copy (else an exact one)
+                    if kind == "short":
+                        w[-1] = int(rng.integers(0, len(vocab)))
+                    else:
+                        frac = (0.01, 0.03, 0.05, 0.1)[int(rng.integers(0, 4))]
+                        pos = rng.choice(len(w), size=max(1, int(frac * len(w))), replace=False)
+                        w[pos] = rng.integers(0, len(vocab), size=len(pos))
+                words[i] = w
+                family[i] = j
+                planted.append((base + i, base + j))
+        texts = [" ".join(vocab[w].tolist()) for w in words]
+        del words
+        ids = [f"{base + i:010d}" for i in range(m)]
+        yield ids, texts, family + base, planted
+
+
+def generate(n: int, kind: str, folder: Path) -> Path:
+    """The corpus as Parquet (row groups of 100k; ``family`` travels as a pass-through column)
+    and the planted pairs as ``planted.npy``, written once per size and kind."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = folder / f"{kind}-{n}.parquet"
+    if path.is_file():
+        return path
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    planted_all = []
+    schema = pa.schema([("doc_id", pa.string()), ("source", pa.string()), ("text", pa.string()),
+                        ("lang", pa.string()), ("family", pa.int64())])  # fmt: skip
+    with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+        for ids, texts, family, planted in corpus(n, kind):
+            t = pa.table({"doc_id": ids, "source": ["bench"] * len(ids), "text": texts,
+                          "lang": ["en"] * len(ids), "family": family}, schema=schema)  # fmt: skip
+            writer.write_table(t, row_group_size=100_000)
+            planted_all += planted
+    np.save(folder / f"{kind}-{n}.planted.npy", np.array(planted_all, dtype=np.int64))
+    tmp.rename(path)
+    return path
 
 
 class PeakRSS:
@@ -117,49 +148,67 @@ class PeakRSS:
         self.peak = max(self.peak, self._sample())
 
 
-def _quality(ids, texts, family, planted, cluster_of, removed_named, cfg):
-    """Recall of planted pairs (true J >= 0.8 and >= threshold) and family precision."""
-    from quality_models.dedup import jaccard, shingle_sets
+def quality(corpus_path: Path, out_dir: Path, threshold: float) -> dict:
+    """Recall and precision of one arm's published output against the planted truth."""
+    import pyarrow.parquet as pq
 
+    from quality_models.config import DedupConfig
+    from quality_models.dedup import jaccard, shingle_sets
+    from quality_models.storage import read_published
+
+    cfg = DedupConfig(threshold=threshold)
+    rej = read_published(out_dir).rejected().select(["doc_id", "reason", "details"])
+    dup_of = {}
+    named = []
+    for d, r, det in zip(rej.column("doc_id").to_pylist(), rej.column("reason").to_pylist(),
+                         rej.column("details").to_pylist(), strict=True):  # fmt: skip
+        o = json.loads(det)["duplicate_of"]
+        dup_of[int(d)] = int(o)
+        if r == "near_duplicate":
+            named.append((int(d), int(o)))
+    del rej
+    family = np.asarray(pq.read_table(corpus_path, columns=["family"]).column("family"))
+    planted = np.load(str(corpus_path).replace(".parquet", ".planted.npy"))
     rng = np.random.default_rng(1)
-    sample = [planted[k] for k in rng.choice(len(planted), size=min(3000, len(planted)),
-                                             replace=False)]  # fmt: skip
-    sets = shingle_sets([texts[i] for p in sample for i in p], False, cfg)
+    sample = planted[rng.choice(len(planted), size=min(3000, len(planted)), replace=False)]
+    rows = sorted(set(sample.ravel().tolist()))
+    pf = pq.ParquetFile(corpus_path)
+    texts = {}
+    for rg in range(pf.num_row_groups):
+        lo = rg * 100_000
+        want = [r - lo for r in rows if lo <= r < lo + 100_000]
+        if want:
+            col = pf.read_row_group(rg, columns=["text"]).column("text")
+            texts.update(zip([lo + w for w in want], col.take(want).to_pylist(), strict=True))
+    sets = dict(zip(rows, shingle_sets([texts[r] for r in rows], False, cfg), strict=True))
     hit8 = hitt = n8 = nt = 0
-    for k, (a, b) in enumerate(sample):
-        j = jaccard(sets[2 * k], sets[2 * k + 1])
-        same = cluster_of(a) == cluster_of(b)
+    for a, b in sample.tolist():
+        j = jaccard(sets[a], sets[b])
+        same = dup_of.get(a, a) == dup_of.get(b, b)
         if j >= 0.8:
-            n8 += 1
-            hit8 += same
-        if j >= cfg.threshold:
-            nt += 1
-            hitt += same
-    index = {d: i for i, d in enumerate(ids)} if removed_named else {}
-    good = sum(family[index[d]] == family[index[o]] for d, o in removed_named)
+            n8, hit8 = n8 + 1, hit8 + same
+        if j >= threshold:
+            nt, hitt = nt + 1, hitt + same
+    good = sum(family[d] == family[o] for d, o in named)
     return {
         "recall_j08": hit8 / n8 if n8 else float("nan"),
         "recall_thr": hitt / nt if nt else float("nan"),
-        "precision": good / len(removed_named) if removed_named else float("nan"),
+        "precision": good / len(named) if named else float("nan"),
+        "removed": len(dup_of),
     }
 
 
-def run_arm(arm: str, n: int, kind: str, batch_rows: int) -> dict:
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    import pyarrow as pa
+def run_arm(arm: str, corpus_path: Path, out_dir: Path, batch_rows: int) -> dict:
+    """One arm in this (child) process: read the corpus, dedup, publish the output."""
+    import pyarrow.parquet as pq
 
     from quality_models.config import DedupConfig
-    from quality_models.contract import documents_from_records
+    from quality_models.storage import publish
 
     cfg = DedupConfig()
-    ids, texts, family, planted = corpus(n, kind)
+    n = pq.ParquetFile(corpus_path).metadata.num_rows
     if arm == "datasketch":
-        return _datasketch(ids, texts, family, planted, cfg)
-    table = documents_from_records(
-        {"doc_id": d, "source": "bench", "text": t, "lang": "en"}
-        for d, t in zip(ids, texts, strict=True)
-    )
-    del texts
+        return _datasketch(corpus_path, out_dir, cfg)
     engine = None
     if arm.startswith("ray"):  # Ray's start-up (a few seconds) is not timed
         import ray
@@ -172,44 +221,43 @@ def run_arm(arm: str, n: int, kind: str, batch_rows: int) -> dict:
         engine = RayEngine(partitions=2 * cpus)
     with PeakRSS() as mem:
         t0 = time.perf_counter()
-        if arm == "stage":
+        if arm == "stage":  # the whole language in memory, one process
             from quality_models.dedup import dedup_stage
 
+            table = pq.read_table(corpus_path)
             res = dedup_stage(table, cfg, "en")
-        else:
-            from quality_models.dist_dedup import dedup_sharded
+            publish(out_dir, {"en": res.kept}, res.rejected, input_rows=n)
+            del table, res
+        else:  # out of core: Parquet shards in, part files out, one manifest
+            from quality_models.dist_dedup import dedup_sharded, parquet_shards
             from quality_models.engine import LocalEngine, temporary_spill_dir
 
             if arm == "local":
                 engine = LocalEngine(spill_dir=temporary_spill_dir(), partitions=4)
-            shards = [table.slice(lo, batch_rows) for lo in range(0, n, batch_rows)]
-            del table
-            res = dedup_sharded(shards, cfg, "en", engine).to_stage_result()
+            shards = parquet_shards([corpus_path], batch_rows)
+            dedup_sharded(shards, cfg, "en", engine, out=(str(out_dir), "en")).publish()
         secs = time.perf_counter() - t0
-    kept = res.kept.column("doc_id").to_pylist()
-    rej = res.rejected
-    dup_of = {}
-    import json as _json
+    if arm == "local":
+        import shutil
 
-    named = []
-    for d, r, det in zip(rej.column("doc_id").to_pylist(), rej.column("reason").to_pylist(),
-                         rej.column("details").to_pylist(), strict=True):  # fmt: skip
-        o = _json.loads(det)["duplicate_of"]
-        dup_of[d] = o
-        if r == "near_duplicate":
-            named.append((d, o))
-    del kept, pa
-    texts = corpus(n, kind)[1]
-    q = _quality(ids, texts, family, planted, lambda i: dup_of.get(ids[i], ids[i]), named, cfg)
-    return {"arm": arm, "docs": n, "kind": kind, "seconds": secs, "removed": rej.num_rows,
-            "peak_gib": mem.peak / 1024**3, **q}  # fmt: skip
+        shutil.rmtree(engine.spill_dir, ignore_errors=True)
+    return {"arm": arm, "docs": n, "seconds": secs, "peak_gib": mem.peak / 1024**3}
 
 
-def _datasketch(ids, texts, family, planted, cfg) -> dict:
+def _datasketch(corpus_path: Path, out_dir: Path, cfg) -> dict:
+    """datasketch's bulk API: ``MinHash.bulk`` + ``MinHashLSH``; a document colliding with an
+    earlier one is removed as its duplicate (the earliest root), nothing verified."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
     from datasketch import MinHash, MinHashLSH
 
+    from quality_models.contract import REJECTED_SCHEMA
     from quality_models.dedup import word_tokens
+    from quality_models.storage import publish
 
+    table = pq.read_table(corpus_path, columns=["doc_id", "text"])
+    texts = table.column("text").to_pylist()
+    ids = table.column("doc_id").to_pylist()
     with PeakRSS() as mem:
         t0 = time.perf_counter()
         sets = []
@@ -233,10 +281,14 @@ def _datasketch(ids, texts, family, planted, cfg) -> dict:
             i = dup_of[i]
         return i
 
-    named = [(ids[i], ids[root(i)]) for i in dup_of]
-    q = _quality(ids, texts, family, planted, lambda i: root(i), named, cfg)
-    return {"arm": "datasketch", "docs": len(ids), "seconds": secs, "removed": len(dup_of),
-            "peak_gib": mem.peak / 1024**3, **q}  # fmt: skip
+    removed = sorted(dup_of)
+    rej = pa.table({"doc_id": [ids[i] for i in removed], "source": ["bench"] * len(removed),
+                    "stage": ["dedup"] * len(removed), "reason": ["near_duplicate"] * len(removed),
+                    "details": [json.dumps({"duplicate_of": ids[root(i)]}) for i in removed],
+                    "lang": ["en"] * len(removed), "text": [""] * len(removed)},
+                   schema=REJECTED_SCHEMA)  # fmt: skip
+    publish(out_dir, {}, rej, input_rows=len(ids))
+    return {"arm": "datasketch", "docs": len(ids), "seconds": secs, "peak_gib": mem.peak / 1024**3}
 
 
 def main() -> None:
@@ -247,12 +299,16 @@ def main() -> None:
     parser.add_argument("--baseline-max", type=int, default=100_000,
                         help="run datasketch only up to this many documents")  # fmt: skip
     parser.add_argument("--batch-rows", type=int, default=100_000)
+    parser.add_argument("--work", help="folder for the generated corpora (default: a temp dir)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        arm, n, kind = args.child.split(":")
-        print(json.dumps(run_arm(arm, int(n), kind, args.batch_rows)))
+        arm, path, out = args.child.split("|")
+        print(json.dumps(run_arm(arm, Path(path), Path(out), args.batch_rows)))
         return
+    import tempfile
+
+    work = Path(args.work or tempfile.mkdtemp(prefix="govtune-scale-"))
     rows = []
     env = {**os.environ, "MALLOC_TRIM_THRESHOLD_": "68719476736"}
     for kind in args.kinds.split(","):
@@ -260,8 +316,10 @@ def main() -> None:
             for arm in args.arms.split(","):
                 if arm == "datasketch" and n > args.baseline_max:
                     continue
+                path = generate(n, kind, work / "corpora")
+                out = work / "out" / f"{kind}-{n}-{arm}"
                 proc = subprocess.run(
-                    [sys.executable, __file__, "--child", f"{arm}:{n}:{kind}",
+                    [sys.executable, __file__, "--child", f"{arm}|{path}|{out}",
                      "--batch-rows", str(args.batch_rows)],
                     capture_output=True, text=True, env=env, check=False,
                 )  # fmt: skip
@@ -270,6 +328,8 @@ def main() -> None:
                     continue
                 r = json.loads(proc.stdout.strip().splitlines()[-1])
                 r["kind"] = kind
+                r.update(quality(path, out, 0.7))
+                shutil.rmtree(out, ignore_errors=True)
                 rows.append(r)
                 print(_line(r, rows), flush=True)
     print("\n" + _table(rows))

@@ -405,6 +405,8 @@ def _histogram(values: list[float], edges: list[float]) -> dict[str, int]:
 
 
 def _set(table: pa.Table, name: str, array: pa.Array) -> pa.Table:
+    if name not in table.column_names:  # a table that is not a full contract table
+        return table.append_column(name, array)
     return table.set_column(table.column_names.index(name), name, array)
 
 
