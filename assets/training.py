@@ -61,6 +61,8 @@ class FinetuneConfig(dg.Config):
     batch_size: int = 8
     max_length: int = 64
     lr: float = 2e-4
+    schedule: str = "constant"  # constant | linear | cosine (training/trainer.py)
+    warmup_steps: int = 0
     train_langs: list[str] = ["en"]  # zero-shot classification runs: XNLI's protocol
     # translate-train (`tt-`) runs: these languages (empty: every language of the task pool)
     translate_train_langs: list[str] = []
@@ -68,6 +70,18 @@ class FinetuneConfig(dg.Config):
     eval_max_examples: int = 64
     moo: str = "none"  # none | mgda | pcgrad | cagrad
     moo_scope: str = "bucket"  # global | bucket | layer
+    # where and how (training/device.py): auto picks cuda:LOCAL_RANK and bf16 on a GPU
+    device: str = "auto"  # auto | cpu | cuda
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16 (fp16 only with a GradScaler)
+    gradient_checkpointing: bool = False
+    nproc: int = 1  # > 1: torchrun with this many processes (DDP; MOO through the bucket hook)
+    # the bucket-level MOO inside DDP (docs/moo.md)
+    bucket_cap_mb: float = 25.0
+    mgda_solver: str = "pgd"
+    cagrad_c: float = 0.5
+    moo_backend: str = "govtune"  # govtune | torchjd
+    moo_aggregator: str = ""  # torchjd: upgrad | mgda | cagrad | pcgrad | ...
+    extend_steps: bool = False  # allow more steps on a finished run (else a changed plan errors)
 
 
 def model_path(home: GovtuneHome, model: str) -> str:
@@ -103,10 +117,15 @@ def train_config(
         "run_dir": str(run_dir), "model": str(model), "data": str(data), "task": task,
         "method.name": method, "method.hybrid.rule": config.rule, "steps": config.steps,
         "seed": seed, "batch_size": config.batch_size, "max_length": config.max_length,
-        "lr": config.lr, "train_langs": langs,
+        "lr": config.lr, "schedule": config.schedule, "warmup_steps": config.warmup_steps,
+        "train_langs": langs,
         "eval_langs": None if task == "classification" else langs,
         "eval_max_examples": config.eval_max_examples, "moo": config.moo,
-        "moo_scope": config.moo_scope, "progress": False,
+        "moo_scope": config.moo_scope, "progress": False, "device": config.device,
+        "dtype": config.dtype, "gradient_checkpointing": config.gradient_checkpointing,
+        "bucket_cap_mb": config.bucket_cap_mb, "mgda_solver": config.mgda_solver,
+        "cagrad_c": config.cagrad_c, "moo_backend": config.moo_backend,
+        "moo_aggregator": config.moo_aggregator or None, "extend_steps": config.extend_steps,
     }  # fmt: skip
 
 
@@ -114,16 +133,15 @@ def finished(run_dir, dotted: dict) -> bool:
     """True when `run_dir` holds a completed run of exactly this configuration, so a
     re-materialisation (`make reproduce` continued after an interruption) does not retrain."""
     from training.cli import build_parser, config_from_args
-    from training.trainer import TrainConfig
 
-    summary, saved = run_dir / "summary.json", run_dir / "config.json"
-    if not (summary.is_file() and saved.is_file() and (run_dir / "adapter").is_dir()):
+    summary = run_dir / "summary.json"
+    if not (summary.is_file() and (run_dir / "adapter").is_dir()):
         return False
     wanted = config_from_args(build_parser().parse_args([]), dotted)
-    done = TrainConfig.from_dict(json.loads(saved.read_text()))
-    return done.fingerprint() == wanted.fingerprint() and (
-        json.loads(summary.read_text()).get("steps") == wanted.steps
-    )
+    done = json.loads(summary.read_text())
+    # the summary's own fingerprint (content hashes of data and model): a moved data root
+    # still matches, different data under the same path does not
+    return done.get("fingerprint") == wanted.fingerprint() and done.get("steps") == wanted.steps
 
 
 @dg.asset(
@@ -222,10 +240,12 @@ def finetune(
         )
         yield from run_checks(run_dir, method, data, losses)
         return
+    command = [sys.executable, "-m", "training"]
+    if config.nproc > 1:  # data parallel: torchrun starts the ranks, rank 0 talks to Dagster
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                   f"--nproc_per_node={config.nproc}", "-m", "training"]  # fmt: skip
     invocation = pipes_subprocess_client.run(
-        command=[sys.executable, "-m", "training"],
-        context=context,
-        extras={"train_config": dotted},
+        command=command, context=context, extras={"train_config": dotted}
     )
     streamed = [m for m in invocation.get_custom_messages() if isinstance(m, dict)]
     metrics = run_metrics(run_dir) or streamed

@@ -155,8 +155,8 @@ def _metadata(summary: dict[str, Any]) -> dict[str, Any]:
 def pipes_session() -> Iterator[Any]:
     """The Dagster Pipes context when launched by Dagster (``DAGSTER_PIPES_CONTEXT`` set), else
     None; shared by ``python -m training`` and ``python -m evaluation``."""
-    if PIPES_ENV not in os.environ:
-        yield None
+    if PIPES_ENV not in os.environ or os.environ.get("RANK", "0") != "0":
+        yield None  # under torchrun only rank 0 reports to Dagster
         return
     from dagster_pipes import open_dagster_pipes  # dagster-free package, imported only here
     from transformers.utils import logging as hf_logging
