@@ -825,3 +825,41 @@ def dedup_with_engine(
             import shutil
 
             shutil.rmtree(spill, ignore_errors=True)
+
+
+def uses_shards(config: Any, rows: int) -> bool:
+    """Whether a language of ``rows`` documents is deduplicated by the sharded pipeline: always
+    on Ray, on the local engine when it exceeds one shard (``GovernanceConfig``)."""
+    return bool(config.dedup.enabled and rows > 0) and (
+        config.engine.name != "local" or rows > config.engine.batch_rows
+    )
+
+
+def dedup_published(
+    files: Sequence[str | Path], config: Any, lang: str, folder: str | Path,
+    info: dict | None = None,
+) -> tuple[StageResult, Any]:  # fmt: skip
+    """Out of core: dedup one language's Parquet ``files`` in shards on the configured engine,
+    every shard writing its kept and ledger part files into ``folder``, then publish them under
+    one manifest. Returns ``(result, published)``: ``result`` carries the ledger rows, the
+    metadata and the kept *count* (its ``kept`` table has no columns of data: the rows are in
+    the part files)."""
+    from .engine import make_engine, temporary_spill_dir
+    from .storage import ALL, read_published
+
+    ec = config.engine
+    spill = temporary_spill_dir() if ec.name == "local" else None
+    try:
+        engine = make_engine(ec, spill_dir=spill)
+        shards = parquet_shards(files, ec.batch_rows)
+        # one split, named like a one-table publication's (stage_io publishes kept rows so)
+        run = dedup_sharded(shards, config.dedup, lang, engine, out=(str(folder), ALL))
+        pub = run.publish(info)
+    finally:
+        if spill:
+            import shutil
+
+            shutil.rmtree(spill, ignore_errors=True)
+    pub = read_published(folder)
+    kept = pa.table({"doc_id": pa.nulls(pub.kept_rows(ALL))})  # a count, no data
+    return StageResult(kept, pub.rejected(), run.stats), pub

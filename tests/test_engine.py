@@ -193,3 +193,59 @@ def test_shards_publish_part_files_under_one_manifest(ray_engine, tmp_path):
     single = publish(folder, {"en": ref.kept}, ref.rejected, input_rows=table.num_rows)
     assert "parts" not in single.manifest["kept"]["en"] and len(single.files()) == 2
     assert len(list(folder.glob("*.parquet"))) == 2
+
+
+def test_dagster_deduplicated_on_ray_publishes_the_local_result_in_parts(ray_engine, tmp_path):
+    """The same asset, partition, check and ledger; on Ray the shards' part files are published
+    under one manifest and quality_scored reads them."""
+    import dagster as dg
+
+    from assets.engine import EngineResource
+    from assets.ingest import DEMO_SOURCE, source_partitions
+    from assets.partitions import multi_key
+    from assets.resources import GovtuneHome
+    from assets.stage_io import GovernanceSettings
+    from pipelines.definitions import defs
+    from quality_models.storage import read_published
+
+    home = GovtuneHome(root=str(tmp_path / "home"))
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(source_partitions.name, [DEMO_SOURCE])
+
+    def run(selection, key=None, engine=None):
+        return dg.materialize(
+            assets=list(defs.assets),
+            selection=selection,
+            partition_key=str(key) if key is not None else None,
+            resources={
+                **defs.resources,
+                "home": home,
+                "governance": GovernanceSettings(),
+                "engine": engine or EngineResource(),
+            },  # fmt: skip
+            instance=instance,
+            raise_on_error=True,
+        )
+
+    run("demo_corpus")
+    run("raw_documents", DEMO_SOURCE)
+    run("normalized")
+    run("language_id", "full")
+    key = multi_key("full", "de")
+    folder = home.stage_dir("full", "deduplicated", "de")
+    run("deduplicated", key)
+    local = read_published(folder)
+    local_kept, local_rej = local.kept(), local.rejected()
+    assert local_rej.num_rows > 0 and "parts" not in local.manifest["kept"]["all"]
+    ray_dagster = EngineResource(name="ray", batch_rows=100, partitions=3)
+    res = run(["deduplicated", "quality_scored"], key, ray_dagster)
+    assert all(c.passed for c in res.get_asset_check_evaluations())
+    pub = read_published(folder)
+    assert len(pub.manifest["kept"]["all"]["parts"]) > 1
+    assert pub.kept().equals(local_kept) and pub.rejected().equals(local_rej)
+    mats = {m.asset_key.to_user_string(): m.materialization.metadata
+            for m in res.get_asset_materialization_events()}  # fmt: skip
+    assert mats["deduplicated"]["engine"].value == "ray"
+    assert mats["deduplicated"]["kept"].value == local_kept.num_rows
+    scored = read_published(home.stage_dir("full", "quality_scored", "de"))
+    assert scored.manifest["input"] == local_kept.num_rows
