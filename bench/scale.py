@@ -20,7 +20,9 @@ process and every child, Ray's workers included, sampled every 0.1 s):
 * ``local``: the sharded pipeline on the local engine (shards, intermediates spilled to disk);
 * ``ray1`` / ``ray2``: the sharded pipeline on a local Ray with 1 / 2 CPUs;
 * ``datasketch``: ``MinHash.bulk`` + ``MinHashLSH`` (insertion session, then one query per
-  document; a document is removed when an earlier one collides: no verification).
+  document; a document is removed when an earlier one collides: no verification);
+* ``datatrove`` (with ``--datatrove-python``, a throwaway venv's interpreter): datatrove's four
+  MinHash stages, one task each, whitespace tokenizer (``bench/datatrove_minhash.py``).
 
 docs/s per core divides by the workers. The corpus is generated once per size and kind into
 Parquet (``--work``); the sharded arms read it in ``--batch-rows`` shards and write part files
@@ -45,7 +47,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 ARMS = ("stage", "local", "ray1", "ray2", "datasketch")
-WORKERS = {"stage": 1, "local": 1, "ray1": 1, "ray2": 2, "datasketch": 1}
+WORKERS = {"stage": 1, "local": 1, "ray1": 1, "ray2": 2, "datasketch": 1, "datatrove": 1}
 
 
 def corpus(n: int, kind: str, seed: int = 0, chunk: int = 1_000_000):
@@ -148,25 +150,38 @@ class PeakRSS:
         self.peak = max(self.peak, self._sample())
 
 
-def quality(corpus_path: Path, out_dir: Path, threshold: float) -> dict:
-    """Recall and precision of one arm's published output against the planted truth."""
-    import pyarrow.parquet as pq
-
-    from quality_models.config import DedupConfig
-    from quality_models.dedup import jaccard, shingle_sets
+def removals(out_dir: Path) -> tuple[dict[int, int], list[tuple[int, int]]]:
+    """``doc -> the kept doc it names`` and the near-duplicate ``(doc, named)`` pairs of an
+    arm's output: govtune's published ledger, or datatrove's ``removed.jsonl``."""
+    dup_of, named = {}, []
+    if (out_dir / "removed.jsonl").is_file():
+        for line in (out_dir / "removed.jsonl").read_text().splitlines():
+            d = json.loads(line)
+            if d["of"] is not None:
+                dup_of[int(d["id"])] = int(d["of"])
+                named.append((int(d["id"]), int(d["of"])))
+        return dup_of, named
     from quality_models.storage import read_published
 
-    cfg = DedupConfig(threshold=threshold)
     rej = read_published(out_dir).rejected().select(["doc_id", "reason", "details"])
-    dup_of = {}
-    named = []
     for d, r, det in zip(rej.column("doc_id").to_pylist(), rej.column("reason").to_pylist(),
                          rej.column("details").to_pylist(), strict=True):  # fmt: skip
         o = json.loads(det)["duplicate_of"]
         dup_of[int(d)] = int(o)
         if r == "near_duplicate":
             named.append((int(d), int(o)))
-    del rej
+    return dup_of, named
+
+
+def quality(corpus_path: Path, out_dir: Path, threshold: float) -> dict:
+    """Recall and precision of one arm's output against the planted truth."""
+    import pyarrow.parquet as pq
+
+    from quality_models.config import DedupConfig
+    from quality_models.dedup import jaccard, shingle_sets
+
+    cfg = DedupConfig(threshold=threshold)
+    dup_of, named = removals(out_dir)
     family = np.asarray(pq.read_table(corpus_path, columns=["family"]).column("family"))
     planted = np.load(str(corpus_path).replace(".parquet", ".planted.npy"))
     rng = np.random.default_rng(1)
@@ -300,6 +315,9 @@ def main() -> None:
                         help="run datasketch only up to this many documents")  # fmt: skip
     parser.add_argument("--batch-rows", type=int, default=100_000)
     parser.add_argument("--work", help="folder for the generated corpora (default: a temp dir)")
+    parser.add_argument("--datatrove-python",
+                        help="a venv's python with datatrove installed: adds the datatrove arm "
+                        "(bench/datatrove_minhash.py) up to --baseline-max documents")  # fmt: skip
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -313,21 +331,24 @@ def main() -> None:
     env = {**os.environ, "MALLOC_TRIM_THRESHOLD_": "68719476736"}
     for kind in args.kinds.split(","):
         for n in map(int, args.sizes.split(",")):
-            for arm in args.arms.split(","):
-                if arm == "datasketch" and n > args.baseline_max:
+            arms = args.arms.split(",") + (["datatrove"] if args.datatrove_python else [])
+            for arm in arms:
+                if arm in ("datasketch", "datatrove") and n > args.baseline_max:
                     continue
                 path = generate(n, kind, work / "corpora")
                 out = work / "out" / f"{kind}-{n}-{arm}"
-                proc = subprocess.run(
-                    [sys.executable, __file__, "--child", f"{arm}|{path}|{out}",
-                     "--batch-rows", str(args.batch_rows)],
-                    capture_output=True, text=True, env=env, check=False,
-                )  # fmt: skip
+                if arm == "datatrove":
+                    script = str(Path(__file__).with_name("datatrove_minhash.py"))
+                    cmd = [args.datatrove_python, script, str(path), str(out)]
+                else:
+                    cmd = [sys.executable, __file__, "--child", f"{arm}|{path}|{out}",
+                           "--batch-rows", str(args.batch_rows)]  # fmt: skip
+                proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
                 if proc.returncode:
                     print(f"{arm} {kind} {n}: failed\n{proc.stderr[-1500:]}", flush=True)
                     continue
                 r = json.loads(proc.stdout.strip().splitlines()[-1])
-                r["kind"] = kind
+                r.update(kind=kind, arm=arm, docs=n)
                 r.update(quality(path, out, 0.7))
                 shutil.rmtree(out, ignore_errors=True)
                 rows.append(r)
