@@ -12,6 +12,7 @@ import random
 import numpy as np
 import pyarrow as pa
 import pytest
+import regex
 from datasketch import MinHash, MinHashLSH
 
 from quality_models.config import ConfigError, DedupConfig, governance_config_from_dict
@@ -408,3 +409,26 @@ def test_dedup_config_keys_are_validated():
             governance_config_from_dict({"dedup": bad})
     with pytest.raises(ConfigError, match="threshold"):
         dedup_stage(_table([("a", "x")]), DedupConfig(threshold=-1.0), "en")
+
+
+def test_shingle_hashing_does_not_depend_on_batching_and_matches_its_scalar_twin():
+    from quality_models.shingles import char_codes, word_token_hashes
+
+    texts = [t for lang in ("de", "ru", "ar", "el", "hi") for t in running_text(lang, "demo")[:6]]
+    texts += ["", "   ", "a\u00a0b\tc\nd", "x" * 5000, "Ünïcödé — ŒUVRE, straße!", "ok"]
+    cfg = DedupConfig()
+    together, has = signatures(texts, False, cfg)
+    for i, text in enumerate(texts):  # alone, in a batch of one: the same signature
+        alone, has_alone = signatures([text], False, cfg)
+        assert has_alone[0] == has[i] and np.array_equal(alone[0], together[i])
+    hashes, offsets = word_token_hashes(pa.array(texts))
+    for i, text in enumerate(texts):
+        expected = [token_hash(t) for t in word_tokens(text)]
+        assert hashes[offsets[i] : offsets[i + 1]].tolist() == expected
+    han = [t for lang in ("zh", "ja", "th") for t in running_text(lang, "demo")[:4]]
+    codes, offsets = char_codes(pa.array(han))
+    for i, text in enumerate(han):
+        expected = [ord(c) for c in regex.sub(r"[\s\p{P}\p{S}]+", "", text.lower())]
+        assert codes[offsets[i] : offsets[i + 1]].tolist() == expected
+    sig_chars, _ = signatures(han, True, cfg)
+    assert np.array_equal(sig_chars[3], signatures(han[3:4], True, cfg)[0][0])
