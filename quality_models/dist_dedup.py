@@ -696,10 +696,16 @@ INDEX_SCHEMA_VERSION = 1
 
 
 def build_index(
-    kept: Sequence[pa.Table], cfg: DedupConfig, lang: str | None, previous: dict | None = None
+    kept: Sequence[pa.Table],
+    cfg: DedupConfig,
+    lang: str | None,
+    previous: dict | None = None,
+    rejected: Sequence[pa.Table] = (),
 ) -> dict:
     """The index of what was kept so far: a generation's kept rows (with ``dup_cluster_size``)
-    added to the ``previous`` index. Signatures are computed once, when a document is kept."""
+    added to the ``previous`` index, whose kept cluster sizes grow by that generation's
+    removals that name them (``rejected``: its ledger rows). Signatures are computed once,
+    when a document is kept."""
     use_chars = cfg.shingle == "char" or (lang in cfg.char_languages)
     tables = [t for t in kept if t.num_rows]
     doc_id, length, chash, sig, ksize = [], [], [], [], []
@@ -709,7 +715,15 @@ def build_index(
         length.append(st["length"])
         chash.append(st["chash"])
         sig.append(st["sig"])
-        ksize.append(st["kept_size"])
+        sizes = np.array(st["kept_size"], dtype=np.int64, copy=True)
+        pos = {d: k for k, d in enumerate(st["doc_id"].to_pylist())}
+        for t in rejected:  # a removal reports its kept document's grown cluster size
+            for det in t.column("details").to_pylist():
+                info = json.loads(det)
+                k = pos.get(info.get("duplicate_of"))
+                if k is not None:
+                    sizes[k] = max(sizes[k], int(info["cluster_size"]))
+        ksize.append(sizes)
     for t in tables:
         texts = t.column("text").combine_chunks()
         doc_id.append(t.column("doc_id").combine_chunks().cast(pa.string()))
@@ -798,7 +812,7 @@ def dedup_generations(
     for shards in generations:
         res = dedup_sharded(shards, cfg, lang, engine, index=index).to_stage_result()
         out.append(res)
-        index = build_index([res.kept], cfg, lang, previous=index)
+        index = build_index([res.kept], cfg, lang, previous=index, rejected=[res.rejected])
     return out
 
 

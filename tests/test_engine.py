@@ -138,6 +138,22 @@ def test_incremental_dedup_of_a_second_source_equals_a_full_rerun(ray_engine, tm
     assert any(det["duplicate_of"] not in old for det in removed.values())  # and new ones
     with pytest.raises(ValueError, match="other MinHash settings"):
         load_index(index_path, DedupConfig(num_perm=128, bands=16), "en")
+    # a third source: copies of the first source's documents again; their cluster sizes count
+    # the second source's copies too (the index grows with each generation's ledger)
+    third = _table([(f"u{k}", t) for k, t in enumerate(first.column("text").to_pylist()[:10])])
+    three = dedup_generations([[first], [second], [third]], cfg, "en", LocalEngine())
+    _same(three[1], full[1])
+    size = dict(zip(full[0].kept.column("doc_id").to_pylist(),
+                    full[0].kept.column("dup_cluster_size").to_pylist(), strict=True))  # fmt: skip
+    for det in removed.values():
+        if det["duplicate_of"] in old:
+            size[det["duplicate_of"]] = det["cluster_size"]
+    third_removed = [json.loads(r["details"]) for r in three[2].rejected.to_pylist()]
+    assert len(third_removed) == 10
+    named = [det["duplicate_of"] for det in third_removed]
+    for det in third_removed:
+        of = det["duplicate_of"]
+        assert of in old and det["cluster_size"] == size[of] + named.count(of)
 
 
 def test_engine_config_is_validated_and_dispatches():
