@@ -4,17 +4,18 @@ the report assets compute every metric, interval and test from these rows."""
 
 import hashlib
 import json
-import shutil
 import sys
 
 import dagster as dg
 import numpy as np
 
+from evaluation.predict import footprint_with_steps
 from quality_models.contract import read_parquet
 
-from .partitions import parse_run_key, variant_run_partitions
+from .partitions import parse_run_key, run_protocol, variant_run_partitions
 from .resources import GovtuneHome
-from .training import TRAINING_POOL, TRAINING_TAG, run_dir_for
+from .tasks import file_version, task_pool_languages
+from .training import TRAINING_POOL, TRAINING_TAG, run_dir_for, trainer_data
 
 
 class EvaluationConfig(dg.Config):
@@ -26,7 +27,8 @@ class EvaluationConfig(dg.Config):
     dev_per_lang: int = 20  # temperature scaling is fitted on these, per language
     seed: int = 0  # the item sample; independent of the training seed
     robustness_perturbations: list[str] = []  # empty: all of evaluation.perturb.PERTURBATIONS
-    robustness_severities: list[float] = [0.25, 0.75]
+    # target shares of characters changed (the measured corruption is recorded per item)
+    robustness_severities: list[float] = [0.05, 0.15]
     robustness_langs: list[str] = ["fr", "ru"]
     robustness_items: int = 25
     robustness_seeds: list[int] = [0]  # training seeds whose models get the robustness pass
@@ -35,18 +37,38 @@ class EvaluationConfig(dg.Config):
     max_new_tokens: int = 24
     batch_size: int = 32
     max_length: int = 64
+    max_batch_tokens: int = 0  # tokens per scoring forward; 0: batch_size x max_length
 
 
 def predictions_file(home: GovtuneHome, experiment: str, variant: str, run: str):
     return home.path("evaluations", experiment, variant, f"{run}.parquet")
 
 
-def predict_config(config: EvaluationConfig, home: GovtuneHome, variant: str, run: str) -> dict:
-    """The ``evaluation.predict.PredictConfig`` fields for one run."""
+def predict_config(
+    config: EvaluationConfig,
+    home: GovtuneHome,
+    variant: str,
+    run: str,
+    train_langs: list[str] | None = None,
+) -> dict:
+    """The ``evaluation.predict.PredictConfig`` fields for one run. A ``lexical`` run is fitted
+    on the variant's trainer rows (``classification_train``) in ``train_langs`` (default: the
+    protocol's, English for zero-shot and every task language for ``tt-``)."""
+    from evaluation.frames import TRANSLATE_TRAIN
     from evaluation.perturb import PERTURBATIONS
 
-    task, _, seed = parse_run_key(run)
+    task, method, seed = parse_run_key(run)
+    protocol = run_protocol(run)
     robust = seed in config.robustness_seeds and task == "classification"
+    lexical = {}
+    if method == "lexical":
+        if train_langs is None:
+            train_langs = task_pool_languages(home) if protocol == TRANSLATE_TRAIN else ["en"]
+        lexical = {
+            "method": "lexical",
+            "train_data": str(trainer_data(home, variant)),
+            "train_langs": list(train_langs),
+        }
     return {
         "run_dir": str(run_dir_for(home, config.experiment, variant, run)),
         "data": str(home.path("tasks", f"{task}.parquet")),
@@ -61,7 +83,10 @@ def predict_config(config: EvaluationConfig, home: GovtuneHome, variant: str, ru
         "batch_size": config.batch_size,
         "max_length": config.max_length,
         "max_new_tokens": config.max_new_tokens,
+        "max_batch_tokens": config.max_batch_tokens,
         "progress": False,
+        "protocol": protocol,
+        **lexical,
         "robustness": {
             "perturbations": list(config.robustness_perturbations or sorted(PERTURBATIONS))
             if robust
@@ -74,11 +99,35 @@ def predict_config(config: EvaluationConfig, home: GovtuneHome, variant: str, ru
 
 
 def _fingerprint(cfg: dict, run_dir) -> str:
-    """The evaluation config plus the identity of the model it scored (its summary)."""
-    summary = (
-        (run_dir / "summary.json").read_bytes() if (run_dir / "summary.json").is_file() else b""
-    )
+    """The evaluation config plus the identity of the model it scored (its summary; for the
+    lexical baseline, the content of the rows it is fitted on)."""
+    if cfg.get("method") == "lexical":
+        summary = file_version(cfg["train_data"]).encode()
+    elif (run_dir / "summary.json").is_file():
+        summary = (run_dir / "summary.json").read_bytes()
+    else:
+        summary = b""
     return hashlib.sha1(json.dumps(cfg, sort_keys=True).encode() + summary).hexdigest()[:16]
+
+
+def _finetune_train_langs(context: dg.AssetExecutionContext) -> list[str] | None:
+    """The languages ``finetune`` recorded for this (variant, run) partition (for ``lexical``
+    it trains nothing but records what a model of that run key is trained on)."""
+    try:
+        result = context.instance.fetch_materializations(
+            dg.AssetRecordsFilter(
+                asset_key=dg.AssetKey("finetune"), asset_partitions=[str(context.partition_key)]
+            ),
+            limit=1,
+        )
+    except Exception:  # an instance without the records API: the protocol's default
+        return None
+    for record in result.records:
+        entry = record.asset_materialization.metadata.get("train_langs")
+        value = getattr(entry, "value", entry)
+        if isinstance(value, str) and value:
+            return value.split(",")
+    return None
 
 
 def _summary(out) -> dict:
@@ -101,7 +150,7 @@ def _summary(out) -> dict:
 
 @dg.asset(
     group_name="evaluation",
-    code_version="1",
+    code_version="2",
     deps=[dg.AssetDep("finetune")],  # same (variant, run) partition
     partitions_def=variant_run_partitions,
     kinds={"pytorch", "parquet"},
@@ -115,14 +164,20 @@ def model_evaluation(
     home: GovtuneHome,
     pipes_subprocess_client: dg.PipesSubprocessClient,
 ) -> dg.MaterializeResult:
-    """Per-example predictions of one fine-tuned model: class logits on clean, perturbed and dev
-    items, or translations; scored once per model and configuration (reused afterwards)."""
+    """Per-example predictions of one run: class log-probabilities on the same clean, perturbed
+    and dev items for every run (the lexical baseline is fitted here on the variant's train
+    rows; untuned is the base model), or translations; scored once per model and configuration
+    (reused afterwards). The footprint beside it carries the run's per-step times."""
     keys = context.partition_key.keys_by_dimension
     variant, run = keys["variant"], keys["run"]
     run_dir = run_dir_for(home, config.experiment, variant, run)
-    if not (run_dir / "summary.json").is_file():
+    task, method, seed = parse_run_key(run)
+    if method == "lexical":  # fitted here on the variant's train rows: no run to load
+        cfg = predict_config(config, home, variant, run, _finetune_train_langs(context))
+    elif not (run_dir / "summary.json").is_file():
         raise FileNotFoundError(f"{run_dir} holds no finished run: materialise finetune first")
-    cfg = predict_config(config, home, variant, run)
+    else:
+        cfg = predict_config(config, home, variant, run)
     out = predictions_file(home, config.experiment, variant, run)
     stamp = out.with_suffix(".json")
     fingerprint = _fingerprint(cfg, run_dir)
@@ -143,9 +198,13 @@ def model_evaluation(
         reported = dict(invocation.get_materialize_result().metadata or {})
         if not out.is_file():
             raise RuntimeError(f"the evaluation subprocess wrote no predictions to {out}")
-        shutil.copyfile(run_dir / "footprint.json", out.with_suffix(".footprint.json"))
+        if method != "lexical":  # the lexical scorer writes its own (fit time, parameters)
+            # the trainer's footprint plus its per-step times (Table VI's intervals)
+            foot = json.dumps(footprint_with_steps(run_dir), indent=2)
+            tmp = out.with_suffix(".footprint.json.tmp")
+            tmp.write_text(foot)
+            tmp.replace(out.with_suffix(".footprint.json"))
         stamp.write_text(json.dumps({"fingerprint": fingerprint, "config": cfg}, indent=2))
-    task, method, seed = parse_run_key(run)
     return dg.MaterializeResult(
         metadata={
             **reported,
@@ -153,6 +212,7 @@ def model_evaluation(
             "method": method,
             "seed": seed,
             "task": task,
+            "protocol": cfg.get("protocol") or "translation",
             "reused": reused,
             "path": dg.MetadataValue.path(str(out)),
             **_summary(out),

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import dagster as dg
 import pyarrow as pa
+import pyarrow.parquet
 import pytest
 
 from assets.partitions import (
@@ -112,7 +113,7 @@ def test_experiment_grid_reuse_and_reports(home):
     config = {"ops": {k: v for k, v in plan.run_config()["ops"].items() if k != "reports"}}
     instance = dg.DagsterInstance.ephemeral()
     keys = [("full", "lora-s0"), ("full", "hybrid-s0"), ("none", "hybrid-s0"),
-            ("full", "mt-lora-s0")]  # fmt: skip
+            ("full", "mt-lora-s0"), ("full", "lexical-s0")]  # fmt: skip
     instance.add_dynamic_partitions(run_partitions.name, sorted({r for _, r in keys}))
     for variant, run in keys:
         res = _materialize(home, instance, ["finetune", "model_evaluation"],
@@ -130,7 +131,21 @@ def test_experiment_grid_reuse_and_reports(home):
     assert meta["model_evaluation"]["reused"].value is True
     preds = home.path("evaluations", "t", "full")
     assert sorted(p.name for p in preds.glob("*.parquet")) == [
-        "hybrid-s0.parquet", "lora-s0.parquet", "mt-lora-s0.parquet"]  # fmt: skip
+        "hybrid-s0.parquet", "lexical-s0.parquet", "lora-s0.parquet",
+        "mt-lora-s0.parquet"]  # fmt: skip
+    # the lexical baseline scores exactly the items every method scores, with the same columns
+    rows = {r: pa.parquet.read_table(preds / f"{r}.parquet").to_pandas()
+            for r in ("lora-s0", "hybrid-s0", "lexical-s0")}  # fmt: skip
+    item = ["split", "lang", "item_id", "key", "perturbation", "severity", "gold"]
+    assert rows["lexical-s0"][item].equals(rows["lora-s0"][item])
+    assert rows["hybrid-s0"][item].equals(rows["lora-s0"][item])
+    assert set(rows["lora-s0"].protocol) == {"zero_shot"}
+    foot = json.loads((preds / "lora-s0.footprint.json").read_text())
+    assert len(foot["step_times"]) == 3 and all(t > 0 for t in foot["step_times"])
+    assert json.loads((preds / "lexical-s0.footprint.json").read_text())["method"] == "lexical"
+    # fitted on the languages finetune recorded for the run key (the plan's train_langs)
+    stamp = json.loads((preds / "lexical-s0.json").read_text())["config"]
+    assert stamp["train_langs"] == ["en", "de", "fr"] and stamp["method"] == "lexical"
 
     res = _materialize(home, instance, REPORT_ASSETS, config={"ops": {
         "reports": {"config": {"experiment": "t", "n_boot": 200}}}})  # fmt: skip
