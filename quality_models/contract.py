@@ -32,6 +32,7 @@ DOCUMENT_SCHEMA = pa.schema(
         ("lang", pa.string()),
         ("script", pa.string()),
         ("lang_score", pa.float32()),
+        ("lid_decision", pa.string()),  # why `lang` is what it is (langid.LID_DECISIONS)
         ("content_hash", pa.string()),
         ("dup_cluster", pa.string()),
         ("dup_cluster_size", pa.int32()),

@@ -1,7 +1,17 @@
-"""Text normalisation: Unicode form, mojibake repair, control characters and whitespace.
+"""Text normalisation: terminal escapes, Unicode form, mojibake repair, control characters and
+whitespace.
 
 Each change is recorded per document (``changes``) so a reviewer can see what normalisation
 did. A document that is empty after normalisation goes to the ledger.
+
+Terminal escape sequences (ANSI colours in logs, man pages rendered with escapes, captured
+terminal output) are removed whole, before control characters are stripped: stripping only the
+ESC byte would leave ``[33m`` in the text. The patterns cover ECMA-48 CSI (ftfy's
+``remove_terminal_escapes`` handles only ``ESC [`` digits ``;`` letter), OSC (titles,
+hyperlinks), charset designations and two-character escapes. Remnants of codes whose ESC was
+already lost upstream are removed too where the form is unmistakable: caret (``^[[33m``) and
+symbol (``␛[33m``) notation, and bare colour codes (``[1;31m``, not ``[5m]``); they are counted
+separately (``terminal_escape_remnants_removed``) so a reviewer can audit that rule.
 """
 
 from __future__ import annotations
@@ -21,6 +31,18 @@ from .contract import StageResult, split_by_mask
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ufeff\ud800-\udfff]")
 _SPACES = re.compile(r"[ \t\u00a0\u2000-\u200a\u202f\u205f\u3000]+")
 _NEWLINES = re.compile(r"\n{3,}")
+_TERMINAL_ESCAPE = re.compile(
+    r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]"  # CSI: colours (SGR), cursor moves, erase, modes
+    r"|(?:\x1b\]|\x9d)[^\x07\x1b\x9c]{0,2048}(?:\x07|\x1b\\|\x9c)"  # OSC, terminated
+    r"|\x1b[()*+][ -~]"  # charset designation (ESC ( B)
+    r"|\x1b[ -~]"  # any other two-character escape (ESC 7, ESC c, ESC =, ...)
+)
+# the ESC is gone: caret or symbol notation of any CSI, or a bare colour code (SGR) whose
+# parameters are digits; "[5m]" (five metres) is text
+_ESCAPE_REMNANT = re.compile(
+    r"(?:\^\[|\u241b)\[[0-?]*[ -/]*[@-~]"
+    r"|\ufffd?\[\d{1,3}(?:;\d{1,3})*m(?!\])"
+)
 
 
 def normalize_text(text: str, config: NormalizeConfig | None = None) -> tuple[str, list[str]]:
@@ -28,6 +50,16 @@ def normalize_text(text: str, config: NormalizeConfig | None = None) -> tuple[st
     config = config or NormalizeConfig()
     changes: list[str] = []
     out = text.replace("\r\n", "\n").replace("\r", "\n")
+    if "\x1b" in out or "\x9b" in out or "\x9d" in out:
+        cleaned = _TERMINAL_ESCAPE.sub("", out)
+        if cleaned != out:
+            changes.append("terminal_escapes_removed")
+            out = cleaned
+    if "[" in out:
+        cleaned = _ESCAPE_REMNANT.sub("", out)
+        if cleaned != out:
+            changes.append("terminal_escape_remnants_removed")
+            out = cleaned
     if config.fix_mojibake:
         fixed = ftfy.fix_encoding(out)
         if fixed != out:
