@@ -89,7 +89,10 @@ training_job = _job(
     "finetune -> model_evaluation for one (variant, run) partition; one at a time",
 )
 reports_job = _job(
-    "reports", list(REPORT_TABLES), "reports", "the report tables and figures of an experiment"
+    "build_reports",
+    list(REPORT_TABLES),
+    "reports",
+    "the report tables and figures of an experiment",
 )
 
 JOBS = [

@@ -52,12 +52,20 @@ def materialize_partitions(
     partition_keys: Sequence[str | dg.MultiPartitionKey | None],
     run_config: dict | None = None,
     tags: dict[str, str] | None = None,
+    resources: dict | None = None,
 ) -> None:
     """One in-process run of the named job that materialises ``selection``, per partition key
-    (``pipelines.jobs``: never the anonymous asset job); stops at the first failure."""
+    (``pipelines.jobs``: never the anonymous asset job); stops at the first failure.
+    ``resources`` overrides the code location's (a test's data root)."""
     from pipelines.jobs import job_for, job_selection
 
     name = job_for(selection)
+    if resources:  # the same assets and jobs, bound to other resources (a test's data root)
+        defs = dg.Definitions(
+            assets=list(defs.assets or []),
+            jobs=list(defs.jobs or []),
+            resources={**(defs.resources or {}), **resources},
+        )
     job = defs.resolve_job_def(name)
     wanted = [selection] if isinstance(selection, str) else list(selection)
     subset = None if set(wanted) == set(job_selection(name)) else wanted

@@ -36,6 +36,7 @@ def _run(home, instance, selection, partition_key=None):
 
 
 def test_definitions_load_and_graph_is_connected():
+    dg.Definitions.validate_loadable(defs)  # what `dagster dev` checks when it loads the code
     graph = defs.resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
     assert {"demo_corpus", "raw_documents", "normalized", "language_id", "deduplicated",

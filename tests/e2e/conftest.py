@@ -112,16 +112,46 @@ class E2EHome:
         return str(multi_key(self.variant, self.lang))
 
 
+# the tiny experiment behind the report and model checks the e2e test looks at (the tiny random
+# model, synthetic task files where classification_train would write them)
+E2E_PLAN = {
+    "experiment": "e2e",
+    "finetune": {"model": "tiny", "steps": 3, "batch_size": 8, "lr": 0.01,
+                 "train_langs": ["en", "de", "fr"], "eval_max_examples": 8},
+    "evaluation": {"test_per_lang": 4, "dev_per_lang": 4, "robustness_items": 2,
+                   "robustness_perturbations": ["case"], "max_new_tokens": 4},
+    "report": {"n_boot": 100},
+}  # fmt: skip
+E2E_RUN = "lora-s0"
+
+
+def _synthetic_task_files(root: Path) -> None:
+    import pyarrow as pa
+
+    from quality_models.contract import write_parquet_atomic
+    from training.data import synthetic_classification_records, synthetic_translation_records
+
+    cls = pa.Table.from_pylist(synthetic_classification_records(n_per_class=12))
+    write_parquet_atomic(cls, root / "tasks" / "classification.parquet")
+    write_parquet_atomic(cls, root / "tasks" / "train" / VARIANT / "trainer_data.parquet")
+    mt = synthetic_translation_records(n=24)
+    write_parquet_atomic(pa.Table.from_pylist(mt), root / "tasks" / "translation.parquet")
+
+
 @pytest.fixture
 def e2e_home(tmp_path) -> E2EHome:
     """A tmp GOVTUNE_HOME + DAGSTER_HOME (the repo's dagster.yaml) holding everything upstream of
-    ``curated[full|de]``, materialised in-process into that instance (as tests/test_assets.py)."""
+    `curated[full|de]` and one tiny scored experiment run with its reports, materialised
+    in-process through the named jobs `govtune demo` launches, so the Runs page lists them."""
     import dagster as dg
 
     from assets.ingest import DEMO_SOURCE, source_partitions
+    from assets.partitions import multi_key, run_partitions, variant_run_key
     from assets.resources import GovtuneHome
     from assets.stage_io import GovernanceSettings
     from pipelines.definitions import defs
+    from pipelines.experiment import REPORT_ASSETS, ExperimentPlan, _op_config
+    from pipelines.runner import materialize_partitions
 
     home = E2EHome(tmp_path / "govtune", tmp_path / "govtune" / "dagster", VARIANT, LANG)
     home.dagster_home.mkdir(parents=True)
@@ -131,6 +161,8 @@ def e2e_home(tmp_path) -> E2EHome:
         "home": GovtuneHome(root=str(home.govtune_home)),
         "governance": GovernanceSettings(),
     }
+    plan = ExperimentPlan(**E2E_PLAN)
+    config = plan.run_config()
     with dg.DagsterInstance.from_config(str(home.dagster_home)) as instance:
         instance.add_dynamic_partitions(source_partitions.name, [DEMO_SOURCE])
         for selection, partition in (
@@ -139,16 +171,23 @@ def e2e_home(tmp_path) -> E2EHome:
             ("normalized", None),
             ("language_id", VARIANT),
             ("kenlm_models", LANG),
-            (["deduplicated", "quality_scored"], home.partition_key),
         ):
-            dg.materialize(
-                assets=list(defs.assets),
-                selection=selection,
-                partition_key=partition,
-                resources=resources,
-                instance=instance,
-                raise_on_error=True,
-            )
+            materialize_partitions(defs, instance, selection, [partition], resources=resources)
+        materialize_partitions(
+            defs, instance, ["deduplicated", "quality_scored"], [multi_key(VARIANT, LANG)],
+            resources=resources,
+        )  # fmt: skip
+        _synthetic_task_files(home.govtune_home)
+        instance.add_dynamic_partitions(run_partitions.name, [E2E_RUN])
+        ops = ["finetune", "model_evaluation"]
+        materialize_partitions(
+            defs, instance, ops, [variant_run_key(VARIANT, E2E_RUN)],
+            run_config=_op_config(config, ops), resources=resources,
+        )  # fmt: skip
+        materialize_partitions(
+            defs, instance, REPORT_ASSETS, [None],
+            run_config=_op_config(config, ["reports"]), resources=resources,
+        )  # fmt: skip
     return home
 
 

@@ -1,10 +1,13 @@
-"""End to end: a real ``dagster dev`` over a small instance, driven by headless Chromium.
+"""End to end: a real `dagster dev` over a small instance, driven by headless Chromium.
 
-The upstream of ``curated[full|de]`` is materialised in-process (fixture ``e2e_home``); the test
-then opens the asset graph, launches the ``per_language_governance`` job (deduplicated ->
-quality_scored -> curated) for that one language partition through the UI's GraphQL endpoint,
-waits for the run, checks its metadata and asset checks, screenshots the asset page and the
-graph, and finally stops ``dagster dev`` with SIGTERM and checks that nothing of it is left.
+The upstream of `curated[full|de]` and one tiny scored experiment run with its reports are
+materialised in-process through the named jobs (fixture `e2e_home`); the test then opens the
+asset graph, launches the `per_language_governance` job (deduplicated -> quality_scored ->
+curated) for that one language partition through the UI's GraphQL endpoint, waits for the run,
+checks its metadata and asset checks, then checks what a user looks for: named runs with tags,
+sample rejected rows on a stage, the data version and checks of the model, a report's plot
+inline; it screenshots each, and finally stops `dagster dev` with SIGTERM and checks that
+nothing of it is left.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import pytest
 
 pytestmark = pytest.mark.e2e
 
-JOB = "per_language_governance"  # pipelines/definitions.py: the per-language stages of a partition
+JOB = "per_language_governance"  # pipelines/jobs.py: the per-language stages of a partition
 RUN_TIMEOUT_S = 300
 PAGE_TIMEOUT_S = 90
 TERMINAL = {"SUCCESS", "FAILURE", "CANCELED"}
@@ -66,6 +69,14 @@ query Events($runId: ID!) {
   }
 }"""
 
+RUNS = """
+query Runs {
+  runsOrError(limit: 200) {
+    __typename
+    ... on Runs { results { runId jobName status tags { key value } } }
+  }
+}"""
+
 ASSET_CHECKS = """
 query Checks($keys: [AssetKeyInput!]) {
   assetNodes(assetKeys: $keys) {
@@ -101,6 +112,16 @@ def _wait_for_text(driver, *needles: str, timeout: float = PAGE_TIMEOUT_S) -> st
         ) from exc
     time.sleep(1.5)  # let the graph layout and fit-to-view animation settle before a screenshot
     return _body_text(driver)
+
+
+def _scroll_to(driver, text: str) -> None:
+    """Bring the first element whose own text is ``text`` (a metadata key) into view."""
+    from selenium.webdriver.common.by import By
+
+    found = driver.find_elements(By.XPATH, f"//*[normalize-space(text())='{text}']")
+    if found:
+        driver.execute_script("arguments[0].scrollIntoView({block: 'start'});", found[0])
+        time.sleep(0.5)
 
 
 def _screenshot(driver, name: str, artifact_dirs: list[Path]) -> Path:
@@ -227,7 +248,48 @@ def test_materialise_one_language_partition_from_the_ui(
                      "05_asset_graph_after.png"):  # fmt: skip
             assert (folder / name).stat().st_size > 10_000, folder / name
 
-    # 6. SIGTERM to the process group stops dagster dev and everything it started
+    # 6. named runs with tags: every run is a named job (never __ephemeral_asset_job__)
+    runs = dev.graphql(RUNS, {})["runsOrError"]["results"]
+    jobs = {r["jobName"] for r in runs}
+    assert {"per_language_governance", "language_identification", "train_and_score",
+            "build_reports"} <= jobs, jobs  # fmt: skip
+    assert "__ephemeral_asset_job__" not in jobs
+    (training,) = [r for r in runs if r["jobName"] == "train_and_score"]
+    tags = {t["key"]: t["value"] for t in training["tags"]}
+    assert {k: tags.get(k) for k in ("govtune/variant", "govtune/method", "govtune/seed",
+            "govtune/experiment", "govtune/stage")} == {
+        "govtune/variant": "full", "govtune/method": "lora", "govtune/seed": "0",
+        "govtune/experiment": "e2e", "govtune/stage": "training"}  # fmt: skip
+    driver.get(f"{dev.url}/runs")
+    _wait_for_text(driver, "train_and_score", "per_language_governance", "build_reports")
+    _screenshot(driver, "06_named_runs.png", artifact_dirs)
+
+    # 7. a stage page shows sample rejected rows with their reasons, and its ledger file
+    driver.get(f"{dev.url}/assets/deduplicated")
+    _wait_for_text(driver, "rejected_sample", "exact_duplicate", "ledger_file", "doc_id")
+    _scroll_to(driver, "rejection_reasons")
+    _screenshot(driver, "07_stage_rejected_sample.png", artifact_dirs)
+
+    # 8. the model: the partition and data version it trained on, and its checks
+    driver.get(f"{dev.url}/assets/finetune")
+    _wait_for_text(driver, "trained_on", "classification_train[full]", "data_version", "sha256:")
+    _scroll_to(driver, "trained_on")
+    _screenshot(driver, "08_finetune_data_version.png", artifact_dirs)
+    driver.get(f"{dev.url}/assets/finetune?view=checks")
+    _wait_for_text(driver, "loss_finite", "adapter_saved", "data_version_recorded")
+    _screenshot(driver, "09_finetune_checks.png", artifact_dirs)
+
+    # 9. a report asset shows its plot inline, without opening a modal
+    driver.get(f"{dev.url}/assets/table_accuracy_parity")
+    _wait_for_text(driver, "glance", "accuracy")
+    from selenium.webdriver.common.by import By
+
+    images = driver.find_elements(By.CSS_SELECTOR, 'img[src^="data:image/png;base64,"]')
+    widths = [driver.execute_script("return arguments[0].naturalWidth", i) for i in images]
+    assert images and max(widths) > 0, "no inline plot rendered on the report asset"
+    _screenshot(driver, "10_report_inline_plot.png", artifact_dirs)
+
+    # 10. SIGTERM to the process group stops dagster dev and everything it started
     stop_started = time.monotonic()
     left = dev.stop()
     assert left == [], "processes left after SIGTERM:\n" + "\n".join(left)
