@@ -136,6 +136,7 @@ class PredictConfig:
     train_data: str = ""
     train_langs: list[str] = field(default_factory=lambda: ["en"])
     max_batch_tokens: int = 0  # tokens per forward (items x longest); 0: batch_size x max_length
+    device: str = "auto"  # auto: cuda when available, else cpu
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PredictConfig:
@@ -494,6 +495,7 @@ def generate_translations(
 
     was_training = model.training
     model.eval()
+    device = next(iter(model.parameters())).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     prompts = [translation_prompt(tokenizer, r, template, max_length) for r in records]
     out: list[str] = [""] * len(prompts)
@@ -508,8 +510,8 @@ def generate_translations(
             mask[j, n - len(prompts[i]) :] = 1
         with torch.inference_mode():
             gen = model.generate(
-                input_ids=ids,
-                attention_mask=mask,
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
                 pad_token_id=pad,
@@ -630,6 +632,10 @@ def predict(cfg: PredictConfig) -> pa.Table:
     from training.loader import load_finetuned
 
     loaded = load_finetuned(cfg.run_dir, merge=True)
+    device = cfg.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    loaded.model.to(device)
     if cfg.task == "classification":
         task = loaded.classification_task
         if task is None:
