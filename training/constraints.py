@@ -5,9 +5,10 @@ The constraints (docs/method.md §4), each optional and limited to the sub-layer
 
 * **Stiefel low-rank factors** (``stiefel_lowrank``): on a selected sub-layer of any shape
   (gemma's projections are all non-square) the low-rank branch is ``U M A`` with
-  ``A A^T = I_r`` and ``U^T U = I_r`` (semi-orthogonal, through torch's own
-  ``torch.nn.utils.parametrizations.orthogonal``, Householder map) and a free r x r core M, so
-  every update direction is an orthonormal frame and the update's scale lives in M alone;
+  ``A A^T = I_r`` and ``U^T U = I_r`` (semi-orthogonal parametrisations: the QR retraction by
+  default, torch's own ``torch.nn.utils.parametrizations.orthogonal`` with ``stiefel_map:
+  householder``) and a free r x r core M, so every update direction is an orthonormal frame and
+  the update's scale lives in M alone;
 * **rotation applied in float32** (``unitary_fp32``): the selected sub-layers rotate their input
   in float32 even when the model runs in bf16/fp16 (a bf16 copy of an exact rotation is only
   orthogonal to about 1e-2);
@@ -77,18 +78,49 @@ class FixedReflectorSigns(nn.Module):
         return x
 
 
-def stiefel(module: nn.Module, attr: str) -> None:
+class StiefelQR(nn.Module):
+    """Parametrisation X -> Q, the orthonormal factor of the thin QR decomposition of X with a
+    non-negative diagonal of R (wide X: of Xᵀ, so Q has orthonormal rows).
+
+    The QR retraction onto the Stiefel manifold: any full-rank X maps to a semi-orthogonal
+    matrix, an orthonormal X maps to itself (so assigning a semi-orthogonal matrix sets it
+    exactly), and forward plus backward cost one n x k QR -- on CPU about 1/40 of torch's
+    Householder ``orthogonal`` map for the n x 8 factors of gemma's projections.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        wide = x.shape[-2] < x.shape[-1]
+        q, r = torch.linalg.qr(x.mT if wide else x)
+        sign = torch.where(torch.diagonal(r, dim1=-2, dim2=-1) < 0, -1.0, 1.0).to(q.dtype)
+        q = q * sign.unsqueeze(-2)
+        return q.mT if wide else q
+
+    def right_inverse(self, a: torch.Tensor) -> torch.Tensor:
+        return a
+
+
+STIEFEL_MAPS = ("qr", "householder")
+
+
+def stiefel(module: nn.Module, attr: str, method: str = "qr") -> None:
     """Constrain a (possibly non-square) matrix ``module.<attr>`` to the Stiefel manifold:
     orthonormal rows if it is wide, orthonormal columns if it is tall.
 
-    torch's ``orthogonal`` parametrisation with the Householder map and no trivialisation: the
-    stored tensor holds the Householder reflectors (n x k, no n x n base buffer), forward costs
-    O(n k^2), and assigning a semi-orthogonal matrix to the attribute sets it exactly. A
-    ``FixedReflectorSigns`` guard in front keeps it robust to weight decay.
+    ``method="qr"`` (default): ``StiefelQR``, the QR retraction. ``"householder"``: torch's own
+    ``orthogonal`` parametrisation with the Householder map and no trivialisation (the stored
+    tensor holds the reflectors, no n x n base buffer), behind a ``FixedReflectorSigns`` guard
+    that keeps it robust to weight decay; exact too, but its backward is slow on CPU.
     """
     if parametrize.is_parametrized(module, attr):
         return
+    if method not in STIEFEL_MAPS:
+        raise ValueError(f"stiefel map {method!r} is not one of {list(STIEFEL_MAPS)}")
     weight = getattr(module, attr)
+    if method == "qr":
+        parametrize.register_parametrization(module, attr, StiefelQR())
+        with torch.no_grad():  # a valid starting point: the Q factor of what was there
+            setattr(module, attr, StiefelQR()(weight.detach()))
+        return
     guard = FixedReflectorSigns(min(weight.shape), device=weight.device)
     parametrize.register_parametrization(module, attr, guard)
     orthogonal(module, attr, orthogonal_map="householder", use_trivialization=False)
