@@ -31,9 +31,11 @@ from .contract import StageResult, split_by_mask
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ufeff\ud800-\udfff]")
 _SPACES = re.compile(r"[ \t\u00a0\u2000-\u200a\u202f\u205f\u3000]+")
 _NEWLINES = re.compile(r"\n{3,}")
+# 7-bit forms only: the 8-bit C1 introducers (U+009B, U+009D) are nearly always mojibake (the
+# latin-1 reading of a UTF-8 continuation byte: "ě" is C4 9B), which ftfy must still see whole
 _TERMINAL_ESCAPE = re.compile(
-    r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]"  # CSI: colours (SGR), cursor moves, erase, modes
-    r"|(?:\x1b\]|\x9d)[^\x07\x1b\x9c]{0,2048}(?:\x07|\x1b\\|\x9c)"  # OSC, terminated
+    r"\x1b\[[0-?]*[ -/]*[@-~]"  # CSI: colours (SGR), cursor moves, erase, modes
+    r"|\x1b\][^\x07\x1b]{0,2048}(?:\x07|\x1b\\)"  # OSC (titles, hyperlinks), terminated
     r"|\x1b[()*+][ -~]"  # charset designation (ESC ( B)
     r"|\x1b[ -~]"  # any other two-character escape (ESC 7, ESC c, ESC =, ...)
 )
@@ -50,7 +52,7 @@ def normalize_text(text: str, config: NormalizeConfig | None = None) -> tuple[st
     config = config or NormalizeConfig()
     changes: list[str] = []
     out = text.replace("\r\n", "\n").replace("\r", "\n")
-    if "\x1b" in out or "\x9b" in out or "\x9d" in out:
+    if "\x1b" in out:
         cleaned = _TERMINAL_ESCAPE.sub("", out)
         if cleaned != out:
             changes.append("terminal_escapes_removed")

@@ -67,7 +67,7 @@ def test_normalize_records_changes_and_keeps_originals_in_ledger():
         ("\x1b[?25lhidden\x1b[?25h", "hidden"),  # private mode: ftfy's pattern misses it
         ("\x1b]0;build log\x07make: done", "make: done"),  # OSC window title
         ("\x1b]8;;https://example.org\x1b\\link\x1b]8;;\x1b\\ text", "link text"),  # hyperlink
-        ("\x1b(Bplain \x9b31mred", "plain red"),  # charset designation, C1 CSI
+        ("\x1b(Bplain \x1b7red\x1b8", "plain red"),  # charset designation, save/restore
     ],
 )
 def test_terminal_escape_sequences_vanish_whole(raw, clean):
@@ -90,6 +90,15 @@ def test_escape_remnants_without_esc_are_removed(raw, clean):
     out, changes = normalize_text(raw)
     assert out == clean
     assert changes == ["terminal_escape_remnants_removed"]
+
+
+def test_mojibake_with_c1_bytes_is_repaired_not_taken_for_escapes():
+    czech = "Soubor nelze otevřít, protože ještě neexistuje."  # ě is C4 9B in UTF-8
+    broken = czech.encode("utf-8").decode("latin-1")  # holds U+009B, the 8-bit CSI
+    assert "\x9b" in broken
+    out, changes = normalize_text(broken)
+    assert out == czech and "mojibake_fixed" in changes
+    assert "terminal_escapes_removed" not in changes
 
 
 def test_bracketed_text_that_only_looks_like_an_escape_is_kept():
