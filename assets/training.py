@@ -241,9 +241,14 @@ def finetune(
         yield from run_checks(run_dir, method, data, losses)
         return
     command = [sys.executable, "-m", "training"]
-    if config.nproc > 1:  # data parallel: torchrun starts the ranks, rank 0 talks to Dagster
+    if config.nproc > 1:  # data parallel: torchrun starts the ranks, rank 0 talks to Dagster;
+        # every rank reads the same config from a file (Pipes extras reach rank 0 only)
+        extras = run_dir / "train_config.json"
+        extras.parent.mkdir(parents=True, exist_ok=True)
+        extras.write_text(json.dumps(dotted, indent=1, default=str))
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                   f"--nproc_per_node={config.nproc}", "-m", "training"]  # fmt: skip
+                   f"--nproc_per_node={config.nproc}", "-m", "training",
+                   "--extras", str(extras)]  # fmt: skip
     invocation = pipes_subprocess_client.run(
         command=command, context=context, extras={"train_config": dotted}
     )

@@ -199,3 +199,25 @@ def test_cli_status_and_bad_run_requests(tmp_path):
     assert "unknown languages ['xx']" in bad.stderr
     bad = _govtune(tmp_path, "run", "--variant", "nope")
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
+
+
+def test_finetune_runs_data_parallel_moo_under_torchrun(home):
+    """`nproc: 2` launches the trainer with torchrun under Pipes: DDP over gloo, the bucket-level
+    MGDA in the DDP hook, and one materialisation reported by rank 0."""
+    plan = ExperimentPlan(**{**PLAN, "finetune": {**PLAN["finetune"], "nproc": 2, "moo": "mgda",
+                                                   "moo_scope": "bucket", "steps": 2}})  # fmt: skip
+    config = {"ops": {"finetune": plan.run_config()["ops"]["finetune"]}}
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(run_partitions.name, ["lora-s3"])
+    res = _materialize(home, instance, "finetune", variant_run_key("full", "lora-s3"), config)
+    (mat,) = res.get_asset_materialization_events()
+    assert mat.materialization.metadata["reused"].value is False
+    assert all(
+        c.passed for c in res.get_asset_check_evaluations() if c.check_name != "loss_decreases"
+    )
+    run_dir = home.path("runs", "t", "full", "lora-s3")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["placement"]["world_size"] == 2
+    moo = [json.loads(x).get("moo") for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    moo = [m for m in moo if m]
+    assert moo and all(m.get("world_size") == 2 for m in moo), moo[:1]

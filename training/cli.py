@@ -55,6 +55,12 @@ def _set_dotted(cfg: dict[str, Any], key: str, value: Any) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m training", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", type=Path, help="YAML file with TrainConfig fields")
+    p.add_argument(
+        "--extras",
+        type=Path,
+        help="JSON file of dotted config keys (what Dagster passes; every torchrun rank reads "
+        "it, only rank 0 talks to Dagster)",
+    )
     p.add_argument("--run-dir")
     p.add_argument(
         "--model", help="shipped alias (gemma-3-270m, smollm2-135m), path, Hub name or 'tiny'"
@@ -182,7 +188,9 @@ def _train(argv: Sequence[str]) -> int:
 
     args = build_parser().parse_args(list(argv))
     with pipes_session() as pipes:
-        extra = dict(pipes.extras.get("train_config") or {}) if pipes is not None else {}
+        extra = json.loads(args.extras.read_text()) if args.extras is not None else {}
+        if pipes is not None:
+            extra.update(pipes.extras.get("train_config") or {})
         on_metrics = None
         if pipes is not None:
 
