@@ -190,17 +190,28 @@ def _script_table() -> np.ndarray:
 SCRIPT_SAMPLE_CHARS = 64  # the dominant script of a document shows in its first characters
 
 
-def script_counts(texts: list[str], sample: int = SCRIPT_SAMPLE_CHARS) -> np.ndarray:
+def script_counts(
+    texts: list[str] | pa.Array | pa.ChunkedArray, sample: int = SCRIPT_SAMPLE_CHARS
+) -> np.ndarray:
     """Letters per script in each text's first ``sample`` characters (n_texts x n_scripts),
-    vectorised over the whole batch."""
+    vectorised over the whole batch (an Arrow column is sliced and decoded by array operations,
+    without a Python string per text)."""
     width = len(SCRIPTS) + 1  # column 0 counts the characters of no listed script
-    if not texts:
+    if not len(texts):
         return np.zeros((0, len(SCRIPTS)), dtype=np.int64)
     table = _script_table()
-    heads = [t[:sample] for t in texts]
-    codes = np.frombuffer("".join(heads).encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
-    lengths = np.fromiter(map(len, heads), np.int64, len(heads))
-    doc = np.repeat(np.arange(len(heads), dtype=np.int64), lengths)
+    if isinstance(texts, (pa.Array, pa.ChunkedArray)):  # the heads' UTF-8 bytes, decoded at once
+        from .shingles import _string_parts
+
+        heads = pc.utf8_slice_codeunits(texts, 0, sample)
+        lengths = np.asarray(pc.utf8_length(heads), dtype=np.int64)
+        _, data = _string_parts(heads)
+        codes = np.frombuffer(data.tobytes().decode("utf-8").encode("utf-32-le"), np.uint32)
+    else:
+        heads = [t[:sample] for t in texts]
+        codes = np.frombuffer("".join(heads).encode("utf-32-le", "surrogatepass"), np.uint32)
+        lengths = np.fromiter(map(len, heads), np.int64, len(heads))
+    doc = np.repeat(np.arange(len(texts), dtype=np.int64), lengths)
     ids = np.take(table, codes, mode="clip")  # beyond the table: its last entry, -1
     flat = np.bincount(doc * width + ids + 1, minlength=len(texts) * width)
     return flat.reshape(len(texts), width)[:, 1:]
@@ -229,14 +240,27 @@ def detect_script(text: str) -> str:
     return detect_scripts([text])[0]
 
 
-def _predict_raw(texts: list[str], model_path: str | None, batch_size: int):
-    """(raw label per text, probability per text) with newlines replaced, as fastText needs."""
+def _lines(texts: list[str] | pa.Array | pa.ChunkedArray) -> list[str]:
+    """Every text as one fastText input line, as ``FastText.predict`` prepares it (newlines
+    replaced by spaces, one newline appended), for a whole column by Arrow."""
+    col = texts if isinstance(texts, (pa.Array, pa.ChunkedArray)) else pa.array(texts)
+    flat = pc.replace_substring(col, "\n", " ")
+    return pc.binary_join_element_wise(flat, pa.scalar("\n"), pa.scalar("")).to_pylist()
+
+
+def _predict_raw(
+    texts: list[str] | pa.Array | pa.ChunkedArray, model_path: str | None, batch_size: int
+):
+    """(raw label per text, probability per text) with newlines replaced, as fastText needs.
+    The binding's batch call gets the prepared lines directly (what ``predict`` does after its
+    per-text check)."""
     model = load_lid_model(model_path)
+    lines = _lines(texts)
     labels: list[str] = []
-    scores = np.zeros(len(texts), dtype=np.float32)
-    for start in range(0, len(texts), batch_size):
-        chunk = [t.replace("\n", " ") for t in texts[start : start + batch_size]]
-        labs, probs = model.predict(chunk, k=1)
+    scores = np.zeros(len(lines), dtype=np.float32)
+    for start in range(0, len(lines), batch_size):
+        chunk = lines[start : start + batch_size]
+        labs, probs = model.f.multilinePredict(chunk, 1, 0.0, "strict")
         labels += [lab[0] if lab else "__label__und" for lab in labs]
         flat = np.concatenate(probs) if len(probs) else np.zeros(0, np.float32)
         if len(flat) != len(chunk):  # a text without any label (only with a threshold)
@@ -283,7 +307,7 @@ def language_id_stage(table: pa.Table, config: GovernanceConfig) -> StageResult:
     lid = config.language_id
     scope = scope_languages(config)
     n = table.num_rows
-    texts = table.column("text").to_pylist()
+    texts = table.column("text")  # Arrow all the way: no Python string per text but fastText's
     raw_labels, scores = _predict_raw(texts, lid.model_path, lid.batch_size)
     counts = script_counts(texts)
     script_idx = dominant_scripts(counts)

@@ -205,8 +205,16 @@ def char_codes(texts: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     n = len(texts)
     if n == 0:
         return np.zeros(0, np.uint32), np.zeros(1, np.int64)
-    cleaned = pc.replace_substring_regex(pc.utf8_lower(texts), CHAR_DROP, "")
-    off, data = _string_parts(cleaned)
+    return utf8_codes(pc.replace_substring_regex(pc.utf8_lower(texts), CHAR_DROP, ""))
+
+
+def utf8_codes(strings: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """The code points of every string of a (valid UTF-8) Arrow string array, decoded with array
+    operations: ``(codes uint32, offsets int64)``, string ``i`` being
+    ``codes[offsets[i]:offsets[i+1]]``."""
+    if len(strings) == 0:
+        return np.zeros(0, np.uint32), np.zeros(1, np.int64)
+    off, data = _string_parts(strings)
     lead = (data & 0xC0) != 0x80
     pos = np.flatnonzero(lead)
     b = data.astype(np.uint32)
