@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -34,7 +35,7 @@ def _curate(args: argparse.Namespace) -> int:
         config.workers = 1  # Ray spreads each language's dedup itself; no process pool on top
     config.engine.validate()
     raw = ingest_sources(args.inputs, config.ingest)
-    models = _kenlm_models(args.kenlm_dir) if args.kenlm_dir else None
+    kenlm_dir, models = _curate_models(args)
     result = curate(raw, config, models, variant=args.variant)
     paths = write_outputs(result, args.out, config, args.variant)
     problems = invariant_violations(result, raw.n_in)
@@ -47,6 +48,7 @@ def _curate(args: argparse.Namespace) -> int:
                 "languages": {k: v.num_rows for k, v in result.curated.items()},
                 "out": str(Path(args.out)),
                 "rejected_file": str(paths["rejected"]),
+                "kenlm_models": {"dir": kenlm_dir, "languages": sorted(models or {})},
                 "invariant_ok": not problems,
             },
             indent=1,
@@ -56,6 +58,28 @@ def _curate(args: argparse.Namespace) -> int:
         print("invariant violated: " + "; ".join(problems), file=sys.stderr)
         return 3
     return 0
+
+
+def _curate_models(args: argparse.Namespace) -> tuple[str | None, dict[str, str] | None]:
+    """The KenLM models for ``curate``: ``--kenlm-dir``; else the pipeline's own (what the
+    ``kenlm_models`` asset wrote under ``$GOVTUNE_HOME/quality_models/<lang>/``) when there are
+    any; none with ``--no-kenlm``. Returns the folder used and ``lang -> model``."""
+    if args.no_kenlm:
+        if args.kenlm_dir:
+            raise ValueError("--no-kenlm and --kenlm-dir exclude each other")
+        return None, None
+    if args.kenlm_dir:
+        return str(Path(args.kenlm_dir)), _kenlm_models(args.kenlm_dir)
+    default = Path(os.environ.get("GOVTUNE_HOME") or ".govtune") / "quality_models"
+    models = _kenlm_models(str(default)) if default.is_dir() else {}
+    if not models:
+        return None, None
+    print(
+        f"govtune: KenLM models of the pipeline from {default} ({', '.join(sorted(models))});"
+        " --kenlm-dir DIR to use others, --no-kenlm for none",
+        file=sys.stderr,
+    )
+    return str(default), models
 
 
 def _kenlm_models(folder: str) -> dict[str, str]:
@@ -146,7 +170,14 @@ def build_parser() -> argparse.ArgumentParser:
     cur.add_argument("--config", help="governance YAML config (unknown keys are an error)")
     cur.add_argument("--variant", default="full", help="governance ablation arm")
     cur.add_argument("--languages", help="comma-separated languages in scope")
-    cur.add_argument("--kenlm-dir", help="folder of KenLM models (<lang>.binary, any depth)")
+    cur.add_argument(
+        "--kenlm-dir",
+        help="folder of KenLM models (<lang>.binary, any depth); default: the pipeline's models "
+        "in $GOVTUNE_HOME/quality_models when there are any",
+    )
+    cur.add_argument(
+        "--no-kenlm", action="store_true", help="no KenLM perplexity scoring (documents pass)"
+    )
     cur.add_argument("--workers", type=int, help="processes across languages")
     cur.add_argument(
         "--engine", choices=["local", "ray"], help="where the stages run (default: the config's)"
