@@ -475,11 +475,17 @@ def train_language_model(
     from .reference import reference_lines
 
     config = config or KenLMConfig()
-    lines = reference_lines(lang, config.min_reference_lines, files, **reference_options)
+    lines = reference_lines(
+        lang,
+        config.min_reference_lines,
+        files,
+        min_tokens=config.min_reference_tokens,
+        **reference_options,
+    )
     if not lines:
         raise NotEnoughReferenceText(
             f"{lang}: fewer than {config.min_reference_lines} reference lines (shipped running "
-            "text, gettext catalogues and the given files together)"
+            "text, rendered man pages, gettext catalogues and the given files together)"
         )
     return train_model(lines, out_dir, lang, config, tools_dir, reuse)
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet
 import pytest
 
 from quality_models.contract import documents_from_records
@@ -41,7 +42,7 @@ from quality_models.perplexity import (
     train_language_models,
     train_model,
 )
-from quality_models.reference import catalogue_locales, reference_lines
+from quality_models.reference import catalogue_locales, manpage_text, reference_lines
 from quality_models.shipped_text import running_text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -338,7 +339,9 @@ def test_planted_junk_and_wrong_language_fall_in_the_tail(models, demo_dir, plan
         return sum(buckets[d] == "tail" for d in ids) / len(ids)
 
     assert tail_share({"junk", "wrong_lang"}) >= 0.85
-    assert tail_share({"clean"}, "running_text") <= 0.1
+    # 0.03 when the reference was dataset_build prose only (the same generator as the demo's
+    # running text); with the man pages in the reference it is about 0.13 (zh, ja, pl about 0.3)
+    assert tail_share({"clean"}, "running_text") <= 0.2
 
 
 # --------------------------------------------------------------------------- errors
@@ -408,10 +411,13 @@ def test_reference_files_and_catalogue_fallback(tmp_path):
     dump = tmp_path / "wiki.txt.gz"
     with gzip.open(dump, "wt", encoding="utf-8") as fh:
         fh.write("".join(f"Zeile {i} eines Auszugs.\n" for i in range(30)))
-    only_file = reference_lines("de", 20, [dump], shipped=False, catalogues="never")
+    only_file = reference_lines("de", 20, [dump], shipped=False, manpages=False, catalogues="never")
     assert len(only_file) == 30 and only_file[0] == "Zeile 0 eines Auszugs."
     combined = reference_lines("de", 20, [dump])
-    assert len(combined) == len(running_text("de", "reference")) + 30
+    assert len(combined) == len(running_text("de", "reference")) + len(manpage_text("de")) + 30
+    assert len(reference_lines("de", 20, [dump], manpages=False)) == len(combined) - len(
+        manpage_text("de")
+    )
 
     broken = tmp_path / "broken.txt"
     broken.write_bytes(b"good line one\n\xff\xfe bad\ngood line two\n")
@@ -443,3 +449,49 @@ def test_build_script_is_cached(tools):
     )
     assert proc.returncode == 0, proc.stderr
     assert "already in" in proc.stdout
+
+
+# --------------------------------------------------------------------------- govtune curate
+
+
+def test_curate_uses_the_pipelines_models_by_default(models, tmp_path, monkeypatch, capsys):
+    from pipelines.cli import main as govtune
+
+    home = tmp_path / "home"
+    (home / "quality_models" / "en").mkdir(parents=True)
+    for suffix in (".binary", ".json"):  # where the kenlm_models asset writes them
+        src = Path(models["en"]).with_suffix(suffix)
+        shutil.copy(src, home / "quality_models" / "en" / f"en{suffix}")
+    docs = tmp_path / "docs.jsonl"
+    texts = running_text("en", "demo")[:30] + junk_docs(4)
+    docs.write_text("".join(json.dumps({"text": t, "lang": "en"}) + "\n" for t in texts))
+    monkeypatch.setenv("GOVTUNE_HOME", str(home))
+
+    def curate(*extra: str) -> tuple[dict, list]:
+        out = tmp_path / f"out{len(list(tmp_path.glob('out*')))}"
+        assert govtune(["curate", str(docs), "--out", str(out), "--workers", "1", *extra]) == 0
+        report = json.loads(capsys.readouterr().out)
+        curated = pa.parquet.read_table(out / "curated" / "en.parquet")
+        return report, curated.column("perplexity").to_pylist()
+
+    report, perplexity = curate()
+    assert report["kenlm_models"] == {"dir": str(home / "quality_models"), "languages": ["en"]}
+    assert len(perplexity) >= 20 and all(p is not None and p > 1 for p in perplexity)
+    # --no-kenlm turns scoring off; --kenlm-dir overrides the pipeline's folder
+    report, perplexity = curate("--no-kenlm")
+    assert report["kenlm_models"] == {"dir": None, "languages": []}
+    assert all(p is None for p in perplexity)
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(models["de"], other / "de.binary")
+    report, _ = curate("--kenlm-dir", str(other))
+    assert report["kenlm_models"] == {"dir": str(other), "languages": ["de"]}
+    out = str(tmp_path / "x")
+    assert (
+        govtune(["curate", str(docs), "--out", out, "--no-kenlm", "--kenlm-dir", str(other)]) == 2
+    )
+    assert "exclude each other" in capsys.readouterr().err
+    # no models in the data root: nothing is scored, as before
+    monkeypatch.setenv("GOVTUNE_HOME", str(tmp_path / "empty"))
+    report, _ = curate()
+    assert report["kenlm_models"] == {"dir": None, "languages": []}
