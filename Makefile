@@ -38,7 +38,7 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 	mkdir -p $(DAGSTER_HOME)
 	cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
 
-# Debian's translated man pages, rendered once as KenLM reference text (about 1.5 minutes on a
+# Debian's translated man pages, rendered once as KenLM reference text (under a minute on a
 # fresh machine, a few seconds when cached; scripts/install_reference_text.sh)
 $(REFERENCE): $(STAMP) scripts/install_reference_text.sh quality_models/reference.py
 	bash scripts/install_reference_text.sh
