@@ -8,7 +8,7 @@ from quality_models.perplexity import (
     model_fingerprint,
     train_model,
 )
-from quality_models.reference import reference_lines
+from quality_models.reference import reference_lines, reference_tokens
 
 from .partitions import language_partitions
 from .resources import GovtuneHome
@@ -42,7 +42,9 @@ def kenlm_models(
     text and settings are unchanged: the data version is their fingerprint."""
     lang = context.partition_key
     config = kenlm_config(governance)
-    lines = reference_lines(lang, min_lines=config.min_reference_lines)
+    lines = reference_lines(
+        lang, min_lines=config.min_reference_lines, min_tokens=config.min_reference_tokens
+    )
     if not lines:
         return dg.MaterializeResult(
             metadata={"model": "none", "reason": "not enough reference text; documents pass"},
@@ -57,4 +59,6 @@ def kenlm_models(
         for k, v in info.to_metadata().items()
         if v is not None
     }
+    meta["reference_lines"] = len(lines)
+    meta["reference_tokens"] = reference_tokens(lang)
     return dg.MaterializeResult(metadata=meta, data_version=dg.DataVersion(fingerprint))
