@@ -24,7 +24,10 @@ def _curate(args: argparse.Namespace) -> int:
 
     config = variant_config(load_governance_config(args.config), args.variant)
     if args.languages:
-        config.languages = args.languages.split(",")
+        from quality_models.langid import scope_languages
+
+        config.languages = [x.strip() for x in args.languages.split(",") if x.strip()]
+        scope_languages(config)  # a language the LID model cannot emit: an error before ingest
     if args.workers is not None:
         config.workers = args.workers
     if args.engine:

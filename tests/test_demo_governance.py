@@ -2,6 +2,7 @@
 
 import json
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -111,7 +112,13 @@ def test_malformed_records_are_quarantined(governance_run, planted):
         ids = [d for d, p in planted.items() if p["kind"] == kind]
         assert ids and all(ledger[d]["stage"] == stage for d in ids), kind
     wrong = [d for d, p in planted.items() if p["kind"] in ("wrong_lang", "untranslated")]
-    assert all(ledger[d]["stage"] == "language_id" for d in wrong)
+    caught = [d for d in wrong if d in ledger and ledger[d]["stage"] == "language_id"]
+    # the evidence rule keeps a declared language unless the text is long and the prediction
+    # confident: most wrong-language entries are long enough to be caught, short ones stay
+    assert len(caught) >= 0.85 * len(wrong), f"{len(caught)}/{len(wrong)} caught at LID"
+    curated = pa.concat_tables(list(governance_run["result"].curated.values())).to_pylist()
+    kept = {r["doc_id"]: r for r in curated if r["doc_id"] in set(wrong)}
+    assert all(r["lid_decision"] in ("declared_short", "declared_uncertain") for r in kept.values())
 
 
 @pytest.mark.slow
