@@ -262,3 +262,20 @@ def test_fallback_signal_is_first_order_decrease_per_unit_weight_change(kw):
         step = float((after - before).norm()) / (2 * eps)  # central difference
         expected = float(grad.double().pow(2).sum()) / step
         assert rho == pytest.approx(expected, rel=2e-2), (name, kw)
+
+
+def test_batched_refresh_scores_equal_the_per_layer_ones():
+    model = build("hybrid", hybrid={"rule": "fixed", "lambda_init": 0.3})
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.2)
+    for step in range(1, 4):
+        loss_fn(model, BATCH).backward()
+        model.refresh_lambdas(step)
+        opt.step()
+        opt.zero_grad()
+    loss_fn(model, BATCH).backward()
+    batched = model._batched_orth_scores()
+    assert set(batched) == set(model.hybrid_layers)
+    for name, layer in model.hybrid_layers.items():
+        single = layer._orth_reach(layer.hybrid_S.grad, layer.lambda_value())
+        assert batched[name] == pytest.approx(single, rel=1e-9), name
+        assert single > 0

@@ -652,7 +652,9 @@ class HybridLinear(nn.Module):
             _norm([gs], "l2") / max(1.0 - lam, 1e-6),
         )
 
-    def live_sensitivities(self, grad_norm: str = "l2") -> tuple[float, float] | None:
+    def live_sensitivities(
+        self, grad_norm: str = "l2", orth_score: float | None = None
+    ) -> tuple[float, float] | None:
         """(ρ_lr, ρ_orth) from the current gradients (None if the layer has none yet).
 
         ``efficiency``: ρ = ‖P_T G‖_F, the norm of the effective weight's gradient G projected on
@@ -686,7 +688,14 @@ class HybridLinear(nn.Module):
             return None
         if self.orth_active and orth_grad is None:
             return None
-        return rho_lr, self._orth_score(orth_grad, lam)
+        if orth_score is None:
+            orth_score = self._orth_score(orth_grad, lam)
+        return rho_lr, orth_score
+
+    @property
+    def batched_orth_reach(self) -> bool:
+        """Whether ``HybridModel`` may score this layer's rotation in its batched pass."""
+        return self.orth_active and self.n_factors == 1 and self.cayley == "exact"
 
 
 def skew_from_triu(p: torch.Tensor, b: int, triu: torch.Tensor) -> torch.Tensor:
@@ -959,8 +968,9 @@ class HybridModel(nn.Module):
             return None
         self._all_reduce_captured()
         with torch.no_grad():
-            for layer in self.hybrid_layers.values():
-                sens = layer.live_sensitivities(cfg.grad_norm)
+            batched = self._batched_orth_scores() if cfg.signal == "efficiency" else {}
+            for name, layer in self.hybrid_layers.items():
+                sens = layer.live_sensitivities(cfg.grad_norm, batched.get(name))
                 if sens is None:
                     continue
                 layer.last_grad_norms = sens
@@ -973,6 +983,50 @@ class HybridModel(nn.Module):
         self._scale_cache = {}
         self._reset_captured()
         return self._record(step=step, source="refresh")
+
+    def _batched_orth_scores(self) -> dict[str, float]:
+        """ρ_orth of every block-structured, exact-Cayley layer in one batched pass: the same
+        ‖P_T G‖ as ``HybridLinear._orth_reach`` (a test checks they agree), with one solve and
+        a few batched products over all blocks of all layers instead of a dozen ops per layer."""
+        layers = [
+            (n, layer)
+            for n, layer in self.hybrid_layers.items()
+            if layer.batched_orth_reach
+            and layer.hybrid_S.grad is not None
+            and layer.lambda_value() < 1.0
+        ]
+        out: dict[str, float] = {}
+        by_block: dict[int, list[tuple[str, HybridLinear]]] = {}
+        for n, layer in layers:
+            by_block.setdefault(layer.block, []).append((n, layer))
+        for b, group in by_block.items():
+            first = group[0][1]
+            sizes = [layer.n_blocks for _, layer in group]
+            scale = torch.cat(
+                [
+                    torch.full((layer.n_blocks,), 1.0 - layer.lambda_value(), dtype=torch.float64)
+                    for _, layer in group
+                ]
+            ).to(first.hybrid_S.device)
+            p = torch.cat([layer.hybrid_S.detach()[0] for _, layer in group]).double()
+            g = torch.cat([layer.hybrid_S.grad.detach()[0] for _, layer in group]).double()
+            s_t = skew_from_triu(p, b, first._triu) * scale[:, None, None]
+            g_st = skew_from_triu(g, b, first._triu) / (2.0 * scale)[:, None, None]
+            eye = torch.eye(b, dtype=torch.float64, device=p.device)
+            r = torch.linalg.solve(eye + s_t, eye - s_t)
+            k = -0.5 * (eye + s_t) @ g_st @ (eye - s_t)
+            d = torch.cat([layer._weight_gram_eigh()[0] for _, layer in group])
+            v = torch.cat([layer._weight_gram_eigh()[1] for _, layer in group])
+            kp = v.transpose(-1, -2) @ r @ k @ r.transpose(-1, -2) @ v
+            den = d[:, :, None] + d[:, None, :]
+            # the same threshold as the per-layer code: relative to that layer's largest
+            top = torch.cat([part.amax().expand(len(part)) for part in den.flatten(1).split(sizes)])
+            inv = torch.where(den > top[:, None, None] * 1e-12, 2.0 / den.clamp_min(1e-300), 0.0)
+            per_block = (kp.pow(2) * inv).sum((-1, -2))
+            sums = torch.stack([part.sum() for part in per_block.split(sizes)])
+            for (n, _), v2 in zip(group, sums.clamp_min(0.0).sqrt().tolist(), strict=True):
+                out[n] = v2
+        return out
 
     def _reset_captured(self) -> None:
         """The applied-factor gradients are summed over one step's backward passes."""
