@@ -109,6 +109,12 @@ def main() -> int:
     ap.add_argument("--max-length", type=int, default=48)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--budgets", help="token budgets of the one-pass arm (default batch x length)")
+    ap.add_argument("--no-before", action="store_true", help="only the one-pass arms")
+    ap.add_argument("--mt-data", help="a tasks/translation.parquet: also time translation")
+    ap.add_argument("--mt-pairs", type=int, default=0, help="pairs per direction")
+    ap.add_argument("--mt-lang", default="de")
+    ap.add_argument("--max-new-tokens", type=int, default=24)
     args = ap.parse_args()
 
     import numpy as np
@@ -134,26 +140,33 @@ def main() -> int:
                         batch_size=args.batch_size, max_length=args.max_length)  # fmt: skip
     rows = _item_rows(records, task.labels, cfg)
     texts = [r["text"] for r in rows]
-    budget = args.batch_size * args.max_length
-    pad_old, pad_new, n_unique = _padding(tok, task, texts, args.max_length, budget,
-                                          args.batch_size)  # fmt: skip
+    default = args.batch_size * args.max_length
+    budgets = [int(b) for b in args.budgets.split(",")] if args.budgets else [default]
+    pads = {b: _padding(tok, task, texts, args.max_length, b, args.batch_size) for b in budgets}
+    pad_old, _, n_unique = pads[budgets[0]]
 
-    def after():
-        return class_log_probs(net, tok, task, texts, args.max_length, budget)
-
-    def before():
-        return _before(net, tok, task, rows, args.batch_size, args.max_length)
-
+    arms = {}
+    pad_of = {}
+    if not args.no_before:
+        arms["before: score_classification per pass"] = lambda: _before(
+            net, tok, task, rows, args.batch_size, args.max_length)  # fmt: skip
+        pad_of["before: score_classification per pass"] = pad_old
+    for b in budgets:
+        pad_of[f"after: class_log_probs, one pass, {b} tokens"] = pads[b][1]
+        arms[f"after: class_log_probs, one pass, {b} tokens"] = lambda b=b: class_log_probs(
+            net, tok, task, texts, args.max_length, b
+        )
     warm = texts[: min(len(texts), 2 * args.batch_size)]
-    class_log_probs(net, tok, task, warm, args.max_length, budget)
-    times: dict[str, list[float]] = {"before": [], "after": []}
+    class_log_probs(net, tok, task, warm, args.max_length, default)
+    times: dict[str, list[float]] = {k: [] for k in arms}
     results = {}
     for _ in range(args.rounds):
-        for name, fn in (("before", before), ("after", after)):
+        for name, fn in arms.items():
             t0 = time.perf_counter()
             results[name] = fn()
             times[name].append(time.perf_counter() - t0)
-    diff = float(np.abs(results["before"] - results["after"]).max())
+    ref = results[next(iter(arms))]
+    diff = max(float(np.abs(ref - r).max()) for r in results.values())
     n = len(rows)
     print(
         f"model {args.model}, {n} items ({n_unique} distinct prompts), {args.threads} threads,"
@@ -162,16 +175,51 @@ def main() -> int:
     print()
     print("| scorer | s (best) | items/s | padded tokens | ratio |")
     print("|---|---|---|---|---|")
-    b, a = min(times["before"]), min(times["after"])
-    rows_out = [
-        ("before: score_classification per pass", b, pad_old, 1.0),
-        ("after: class_log_probs, one pass", a, pad_new, b / a),
-    ]
-    for label, t, pad, ratio in rows_out:
-        print(f"| {label} | {t:.2f} | {n / t:.1f} | {pad:.1%} | {ratio:.2f} |")
+    base = min(times[next(iter(arms))])
+    for name, ts in times.items():
+        t = min(ts)
+        print(f"| {name} | {t:.2f} | {n / t:.1f} | {pad_of[name]:.1%} | {base / t:.2f} |")
     print()
     print(f"max |log p(before) - log p(after)| = {diff:.2e}")
-    return 0 if diff < 1e-3 else 1
+    ok = diff < 1e-3
+    if args.mt_data and args.mt_pairs:
+        ok &= _translation(net, tok, args)
+    return 0 if ok else 1
+
+
+def _translation(net, tok, args) -> bool:
+    """Greedy translation with the first-line stop against full-length generation on the same
+    pairs: the same hypotheses, the time of each."""
+    from evaluation import predict as pr
+    from training.data import DEFAULT_MT_TEMPLATE, read_records
+
+    recs = [r for r in read_records(args.mt_data) if r["split"] == "devtest"]
+    recs = [dict(r, direction=f"{r['src_lang']}-{r['tgt_lang']}") for r in recs
+            if {r["src_lang"], r["tgt_lang"]} == {"en", args.mt_lang}]  # fmt: skip
+    pairs, _ = pr.parallel_sample(recs, args.mt_pairs, 0, group="direction", stratum="domain")
+    out = {}
+    for name, stop in (("full length", False), ("first-line stop", True)):
+        saved = pr._newline_stop
+        if not stop:  # the previous decoding: every row runs to max_new_tokens
+            from transformers import StoppingCriteriaList
+
+            pr._newline_stop = lambda tokenizer, start: StoppingCriteriaList()
+        t0 = time.perf_counter()
+        hyps = pr.generate_translations(net, tok, pairs, DEFAULT_MT_TEMPLATE, 16,
+                                        args.max_length, args.max_new_tokens)  # fmt: skip
+        out[name] = (time.perf_counter() - t0, hyps)
+        pr._newline_stop = saved
+    same = out["full length"][1] == out["first-line stop"][1]
+    print()
+    print(f"translation en<->{args.mt_lang}, {len(pairs)} pairs, max_new_tokens "
+          f"{args.max_new_tokens}: identical hypotheses: {same}")  # fmt: skip
+    print()
+    print("| decoding | s | pairs/s | ratio |")
+    print("|---|---|---|---|")
+    base = out["full length"][0]
+    for name, (t, _) in out.items():
+        print(f"| {name} | {t:.1f} | {len(pairs) / t:.2f} | {base / t:.2f} |")
+    return same
 
 
 if __name__ == "__main__":

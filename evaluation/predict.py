@@ -264,17 +264,22 @@ def _encode(tokenizer: Any, texts: Sequence[str], template: str, max_length: int
     return [pre + list(t[:budget]) + suf for t in ids]
 
 
-def _batches(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
+def _batches(lengths: Sequence[int], max_tokens: int, max_padding: float = 0.1) -> list[list[int]]:
     """Indices sorted by length, cut into batches whose padded size (items x longest) stays
-    within ``max_tokens`` (one item at least)."""
+    within ``max_tokens`` and whose padding stays within ``max_padding`` of it (one item at
+    least): near-equal lengths share a batch, so almost no padded token is computed."""
     order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
     out: list[list[int]] = []
     cur: list[int] = []
+    real = 0
     for i in order:
-        if cur and (len(cur) + 1) * lengths[i] > max_tokens:
+        n = lengths[i]
+        padded = (len(cur) + 1) * n
+        if cur and (padded > max_tokens or padded - real - n > max_padding * padded):
             out.append(cur)
-            cur = []
+            cur, real = [], 0
         cur.append(i)
+        real += n
     if cur:
         out.append(cur)
     return out
