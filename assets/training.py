@@ -217,6 +217,8 @@ def finetune(
     trained_on["data_version"] = file_version(data)
     model = model_path(home, config.model)
     dotted = train_config(config, task, method, seed, run_dir, data, model, langs)
+    if method == "untuned":  # the base model as it is: a finished run of zero steps
+        dotted["steps"] = 0
     common = {"variant": variant, "method": method, "seed": seed, "task": task,
               "protocol": protocol or "translation", "experiment": config.experiment,
               "train_langs": ",".join(dotted["train_langs"] or []),
