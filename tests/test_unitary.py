@@ -167,3 +167,60 @@ def test_hybrid_unitary_that_selects_nothing_is_an_error():
     cfg = MethodConfig(name="hybrid_unitary", hybrid={"block_size": 16, "unitary_modules": ["x"]})
     with pytest.raises(ValueError, match="select none of the targeted modules"):
         apply_method(nonsquare_llama(), cfg, [BATCH], loss_fn)
+
+
+def test_data_parallel_lambda_uses_the_global_gradient_of_the_stiefel_factors(tmp_path):
+    """Under DDP the captured gradients of the applied (Stiefel) factors are averaged over the
+    ranks: two ranks of 4 examples give the λ of one process accumulating the same two batches
+    of 4 (the same gradient-estimation batches, the same examples per step)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    from training.trainer import TrainConfig, train
+
+    def cfg(run_dir: Path, accum: int) -> TrainConfig:
+        return TrainConfig.from_dict(
+            {
+                "run_dir": str(run_dir),
+                "model": "tiny",
+                "data": "synthetic",
+                "steps": 2,
+                "batch_size": 4,
+                "grad_accum": accum,
+                "lr": 1e-2,
+                "threads": 1,
+                "progress": False,
+                "method": {
+                    "name": "hybrid_unitary",
+                    "hybrid": {"block_size": 16, "refresh_every": 2},
+                },
+            }
+        )
+
+    single = train(cfg(tmp_path / "one", 2))
+    one = json.loads((single.run_dir / "summary.json").read_text())["lambdas"]
+    path = tmp_path / "ddp.yaml"
+    path.write_text(yaml.safe_dump(cfg(tmp_path / "ddp", 1).to_dict()))
+    root = Path(__file__).resolve().parents[1]
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    out = subprocess.run(
+        [torchrun, "--standalone", "--nproc-per-node", "2", "-m", "training"]
+        + ["--config", str(path)],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    two = json.loads((tmp_path / "ddp" / "summary.json").read_text())["lambdas"]
+    init = json.loads((tmp_path / "ddp" / "adapter" / "lambda_history.json").read_text())[0]
+    moved = [n for n in one if abs(one[n] - init["lambdas"][n]) > 1e-4]
+    assert any(n.endswith(("o_proj", "v_proj")) for n in moved), "the refresh must move λ"
+    for name in one:
+        assert two[name] == pytest.approx(one[name], abs=1e-5), name
