@@ -165,9 +165,17 @@ class EngineConfig:
 
 @dataclass
 class QualityConfig:
+    """Heuristic rules with datatrove's semantics (``quality_models/heuristics.py``).
+
+    ``profile``: ``web`` is datatrove's defaults for every rule; ``short`` (default) keeps the
+    definitions and relaxes the minimums for messages, dialogue lines and paragraphs.
+    ``overrides`` sets a rule for every language, after ``configs/languages.yaml``; a key that is
+    not a rule of the profiles is an error.
+    """
+
     enabled: bool = True
     rule_sets: list[str] = field(default_factory=lambda: ["gopher", "c4", "fineweb"])
-    profile: str = "short"  # "short" (messages, paragraphs) or "web" (peers' web-page defaults)
+    profile: str = "short"  # "short" (messages, paragraphs) or "web" (datatrove's defaults)
     overrides: dict[str, Any] = field(default_factory=dict)  # rule -> value, all languages
 
 
@@ -291,6 +299,14 @@ def validate(cfg: GovernanceConfig) -> None:
     unknown_sets = set(cfg.quality.rule_sets) - {"gopher", "c4", "fineweb"}
     if unknown_sets:
         raise ConfigError(f"config.quality.rule_sets: unknown {sorted(unknown_sets)}")
+    from .heuristics import PROFILES  # here: heuristics imports this module
+
+    unknown_rules = sorted(set(cfg.quality.overrides) - set(PROFILES["web"]))
+    if unknown_rules:
+        raise ConfigError(
+            f"config.quality.overrides: unknown rule(s) {', '.join(unknown_rules)}; "
+            f"valid rules are {', '.join(sorted(PROFILES['web']))}"
+        )
     if cfg.normalize.unicode_form not in ("NFC", "NFKC", "NFD", "NFKD"):
         raise ConfigError(f"config.normalize.unicode_form: invalid {cfg.normalize.unicode_form!r}")
 

@@ -5,12 +5,9 @@ import pytest
 
 from quality_models.config import (
     ConfigError,
-    GovernanceConfig,
     governance_config_from_dict,
 )
 from quality_models.contract import documents_from_records
-from quality_models.heuristics import quality_stage
-from quality_models.shipped_text import running_text
 
 
 def _docs(texts, lang=None, declared=None):
@@ -26,21 +23,7 @@ def _docs(texts, lang=None, declared=None):
     )
 
 
-def test_quality_rules_signals_and_languages():
-    cfg = GovernanceConfig()
-    texts = [
-        running_text("de", "demo")[3],
-        "#### $$$$ %%%% &&&& 1234 5678",
-        "Lorem ipsum dolor sit amet, consectetur adipiscing elit.",
-        "ok",
-    ]
-    table = _docs(texts, lang="de")
-    res = quality_stage(table, cfg)
-    assert res.kept.num_rows == 1
-    assert {r.split(":")[0] for r in res.rejected["reason"].to_pylist()} <= {"gopher", "c4"}
-    assert res.kept["quality_signals"][0].as_py().startswith("{")
-    zh = quality_stage(_docs([running_text("zh", "demo")[4]], lang="zh"), cfg)
-    assert zh.kept.num_rows == 1  # no whitespace, yet not "too few words"
+# LID and normalisation tests: tests/test_langid.py
 
 
 def test_config_rejects_unknown_keys_and_bad_values():
