@@ -5,9 +5,11 @@ the report assets compute every metric, interval and test from these rows."""
 import hashlib
 import json
 import sys
+from collections.abc import Iterator
 
 import dagster as dg
 import numpy as np
+import pandas as pd
 
 from evaluation.predict import footprint_with_steps
 from quality_models.contract import read_parquet
@@ -157,13 +159,29 @@ def _summary(out) -> dict:
     op_tags={"govtune/stage": TRAINING_TAG},
     pool=TRAINING_POOL,
     owners=["team:evaluation"],
+    check_specs=[
+        dg.AssetCheckSpec(
+            "every_test_item_scored",
+            asset="model_evaluation",
+            description="every sampled test item has a finite score in every language (the "
+            "same items in each: the design is parallel)",
+            partitions_def=variant_run_partitions,
+        ),
+        dg.AssetCheckSpec(
+            "above_lexical_baseline",
+            asset="model_evaluation",
+            description="clean test accuracy above the lexical baseline's on the same items "
+            "(a warning: a zero-shot model may not beat it)",
+            partitions_def=variant_run_partitions,
+        ),
+    ],
 )
 def model_evaluation(
     context: dg.AssetExecutionContext,
     config: EvaluationConfig,
     home: GovtuneHome,
     pipes_subprocess_client: dg.PipesSubprocessClient,
-) -> dg.MaterializeResult:
+):
     """Per-example predictions of one run: class log-probabilities on the same clean, perturbed
     and dev items for every run (the lexical baseline is fitted here on the variant's train
     rows; untuned is the base model), or translations; scored once per model and configuration
@@ -205,7 +223,7 @@ def model_evaluation(
             tmp.write_text(foot)
             tmp.replace(out.with_suffix(".footprint.json"))
         stamp.write_text(json.dumps({"fingerprint": fingerprint, "config": cfg}, indent=2))
-    return dg.MaterializeResult(
+    yield dg.MaterializeResult(
         metadata={
             **reported,
             "variant": variant,
@@ -218,3 +236,60 @@ def model_evaluation(
             **_summary(out),
         }
     )
+    lexical = predictions_file(home, config.experiment, variant, "lexical-s0")
+    yield from evaluation_checks(out, lexical if method != "lexical" else None)
+
+
+def _clean_test(path) -> pd.DataFrame:
+    """Clean test rows (classification), or every clean translation pair."""
+    df = read_parquet(path).to_pandas()
+    if "split" in df.columns:
+        df = df[df.split == "test"]
+    return df[df.perturbation == "clean"] if "perturbation" in df.columns else df
+
+
+def evaluation_checks(out, lexical) -> Iterator[dg.AssetCheckResult]:
+    """The gate before the reports: every item scored, and (a warning) better than lexical."""
+    df = _clean_test(out)
+    if "logits" in df.columns:
+        finite = all(np.isfinite(np.asarray(x, dtype=float)).all() for x in df.logits)
+        per_lang = df.groupby("lang").size()
+        parallel = per_lang.nunique() == 1
+    else:  # translation: a hypothesis for every pair, the same pairs in every direction
+        finite = bool(df.hypothesis.notna().all()) if len(df) else False
+        per_lang = df.groupby(["src_lang", "tgt_lang"]).size()
+        parallel = per_lang.nunique() == 1
+    yield dg.AssetCheckResult(
+        check_name="every_test_item_scored",
+        passed=bool(len(df)) and finite and parallel,
+        metadata={"test_items": len(df), "per_language": dg.MetadataValue.json(
+            {str(k): int(v) for k, v in per_lang.items()})},
+    )  # fmt: skip
+    if "logits" not in df.columns or lexical is None or not lexical.is_file():
+        why = "no lexical-s0 predictions for this variant to compare with"
+        if "logits" not in df.columns or lexical is None:
+            why = "translation, or the lexical baseline itself"
+        yield dg.AssetCheckResult(
+            check_name="above_lexical_baseline",
+            passed=True,
+            severity=dg.AssetCheckSeverity.WARN,
+            description=f"not compared: {why}",
+        )
+        return
+    base = _clean_test(lexical)
+    shared = set(df.item_id) & set(base.item_id)
+    acc = _accuracy(df[df.item_id.isin(shared)])
+    ref = _accuracy(base[base.item_id.isin(shared)])
+    yield dg.AssetCheckResult(
+        check_name="above_lexical_baseline",
+        passed=acc > ref,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={"accuracy": round(acc, 4), "lexical_accuracy": round(ref, 4),
+                  "shared_items": len(shared)},
+    )  # fmt: skip
+
+
+def _accuracy(df: pd.DataFrame) -> float:
+    if not len(df):
+        return float("nan")
+    return float((np.array([np.argmax(x) for x in df.logits]) == df.gold.to_numpy()).mean())
