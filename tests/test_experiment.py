@@ -122,6 +122,11 @@ def test_experiment_grid_reuse_and_reports(home):
                 for m in res.get_asset_materialization_events()}  # fmt: skip
         assert mats["finetune"]["reused"].value is False
         assert mats["model_evaluation"]["method"].value == parse_run_key(run)[1]
+        checks = {(c.asset_key.to_user_string(), c.check_name): c
+                  for c in res.get_asset_check_evaluations()}  # fmt: skip
+        assert checks[("model_evaluation", "every_test_item_scored")].passed, run
+        assert ("model_evaluation", "above_lexical_baseline") in checks
+        assert checks[("finetune", "data_version_recorded")].passed, run
     # the same partition again: the finished run and its predictions are reused, not redone
     again = _materialize(home, instance, ["finetune", "model_evaluation"],
                          variant_run_key("full", "lora-s0"), config)  # fmt: skip
