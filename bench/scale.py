@@ -13,7 +13,7 @@ shingle Jaccard >= 0.8 (and >= the threshold) that end in one cluster, *precisio
 near-duplicate removals whose named kept document is of the same planted family (generated
 documents share nothing by chance).
 
-Arms (each in a fresh child process, so peak memory is its own: the sum of the RSS of the
+Arms (each in a fresh child process, so peak memory is its own: the summed PSS of the
 process and every child, Ray's workers included, sampled every 0.1 s):
 
 * ``stage``: ``dedup_stage`` in one process on the whole table (the in-memory path);
@@ -114,7 +114,7 @@ def generate(n: int, kind: str, folder: Path) -> Path:
 
 
 class PeakRSS:
-    """Peak of the summed RSS of this process and all its descendants."""
+    """Peak of the summed memory (PSS) of this process and all its descendants."""
 
     def __init__(self, every: float = 0.1):
         import psutil
@@ -126,12 +126,18 @@ class PeakRSS:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _sample(self) -> int:
+        """Summed PSS (shared pages such as Ray's object store split between the processes
+        that map them, so they count once); RSS where PSS cannot be read."""
         total = 0
         for p in [self.proc, *self.proc.children(recursive=True)]:
             try:
-                total += p.memory_info().rss
-            except Exception:  # noqa: BLE001 - a child that just ended
-                pass
+                info = p.memory_full_info()
+                total += getattr(info, "pss", info.rss)
+            except Exception:  # noqa: BLE001 - a child that just ended, or no smaps
+                try:
+                    total += p.memory_info().rss
+                except Exception:  # noqa: BLE001
+                    pass
         return total
 
     def _run(self):
