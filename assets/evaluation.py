@@ -14,6 +14,7 @@ import pandas as pd
 from evaluation.predict import footprint_with_steps
 from quality_models.contract import read_parquet
 
+from . import ui
 from .partitions import parse_run_key, run_protocol, variant_run_partitions
 from .resources import GovtuneHome
 from .tasks import file_version, task_pool_languages
@@ -237,7 +238,8 @@ def model_evaluation(
         }
     )
     lexical = predictions_file(home, config.experiment, variant, "lexical-s0")
-    yield from evaluation_checks(out, lexical if method != "lexical" else None)
+    checks = evaluation_checks(out, lexical if method != "lexical" else None)
+    yield from ui.for_partition(checks, context.partition_key)
 
 
 def _clean_test(path) -> pd.DataFrame:

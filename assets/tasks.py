@@ -314,9 +314,10 @@ def classification_train(
             ),
         },
     )
-    yield from training_set_checks(
+    checks = training_set_checks(
         made.records, cls, mt, task_pool_languages(home), task_config.domains
     )
+    yield from ui.for_partition(checks, context.partition_key)
 
 
 def training_set_checks(records: pa.Table, cls: pa.Table, mt: pa.Table, langs, labels):

@@ -226,7 +226,7 @@ def finetune(
               "data": dg.MetadataValue.path(str(data)), **trained_on}  # fmt: skip
     if method == "lexical":  # fitted at scoring time on the same rows: nothing to train here
         yield dg.MaterializeResult(metadata={**common, "trained": False, "reused": False})
-        yield from run_checks(run_dir, method, data, [])
+        yield from ui.for_partition(run_checks(run_dir, method, data, []), context.partition_key)
         return
     if finished(run_dir, dotted):
         context.log.info(f"{run_dir} already holds this finished run: reused")
@@ -240,7 +240,9 @@ def finetune(
                 "reused": True,
             }  # fmt: skip
         )
-        yield from run_checks(run_dir, method, data, losses)
+        yield from ui.for_partition(
+            run_checks(run_dir, method, data, losses), context.partition_key
+        )
         return
     command = [sys.executable, "-m", "training"]
     if config.nproc > 1:  # data parallel: torchrun starts the ranks, rank 0 talks to Dagster;
@@ -271,7 +273,7 @@ def finetune(
     reported = {k: (ui.rounded(v) if isinstance(v, float) else v)
                 for k, v in (result.metadata or {}).items()}  # fmt: skip
     yield dg.MaterializeResult(metadata={**reported, **extra})
-    yield from run_checks(run_dir, method, data, losses)
+    yield from ui.for_partition(run_checks(run_dir, method, data, losses), context.partition_key)
 
 
 def run_metrics(run_dir) -> list[dict]:

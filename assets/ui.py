@@ -13,7 +13,7 @@ import base64
 import io
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import dagster as dg
@@ -228,3 +228,16 @@ def column_schema(schema: pa.Schema) -> dg.TableSchema:
             for f in schema
         ]
     )
+
+
+def for_partition(
+    results: Iterable[dg.AssetCheckResult], partition: str | None
+) -> Iterator[dg.AssetCheckResult]:
+    """The same check results, each naming the partition it judged (metadata ``partition`` and
+    a description that starts with it), so a check's history is readable per partition."""
+    name = str(partition) if partition is not None else "(unpartitioned)"
+    for result in results:
+        description = f"{name}: {result.description}" if result.description else name
+        yield result._replace(
+            metadata={"partition": name, **(result.metadata or {})}, description=description
+        )

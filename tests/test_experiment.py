@@ -127,6 +127,9 @@ def test_experiment_grid_reuse_and_reports(home):
         assert checks[("model_evaluation", "every_test_item_scored")].passed, run
         assert ("model_evaluation", "above_lexical_baseline") in checks
         assert checks[("finetune", "data_version_recorded")].passed, run
+        key = str(variant_run_key(variant, run))  # a partitioned check names its partition
+        assert all(c.metadata["partition"].value == key for c in checks.values()), run
+        assert all(c.description.startswith(key) for c in checks.values()), run
     # the same partition again: the finished run and its predictions are reused, not redone
     again = _materialize(home, instance, ["finetune", "model_evaluation"],
                          variant_run_key("full", "lora-s0"), config)  # fmt: skip

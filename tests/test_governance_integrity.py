@@ -111,6 +111,9 @@ def test_the_training_file_holds_exactly_curated_rows(governed):
     for variant, result in governed["results"].items():
         checks = result.get_asset_check_evaluations()
         assert checks and all(c.passed for c in checks), variant  # the books balance
+        named = {c.check_name: c for c in checks if c.asset_key.to_user_string() != "ledger"}
+        assert {"no_evaluation_text_in_train", "every_cell_filled"} <= set(named), variant
+        assert all(c.metadata["partition"].value == variant for c in named.values())
         curated = {}
         for lang in ("en", *LANGS):
             table = pq.read_table(home.curated_dir(variant) / f"{lang}.parquet")
