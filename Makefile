@@ -54,7 +54,7 @@ reproduce: setup $(MODELS_STAMP)
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/govtune experiment configs/reproduce.yaml
 
 test: setup
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=15
 
 ui: setup
 	# default signal handlers (a parent may have set them to ignore), so Ctrl-C, SIGTERM to make

@@ -94,7 +94,7 @@ def test_ray_engine_curates_the_demo_corpus_like_the_local_engine(ray_engine, go
     from quality_models.pipeline import curate
 
     local = governance_run["result"]
-    config = governance_config_from_dict({"engine": {"name": "ray", "batch_rows": 64}})
+    config = governance_config_from_dict({"engine": {"name": "ray", "batch_rows": 200}})
     ray_engine.partitions = 4
     result = curate(governance_run["raw"], config, workers=1)
     assert sorted(result.curated) == sorted(local.curated)

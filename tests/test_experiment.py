@@ -50,11 +50,16 @@ def test_run_keys_round_trip_and_reject_junk():
 def test_plans_load_and_order_partial_results_first(tmp_path):
     plan = ExperimentPlan.load(ROOT / "configs" / "reproduce.yaml")
     keys = plan.keys()
-    methods = ["lora", "lora_ga", "boft", "oft", "hybrid", "hybrid_unitary"]
-    assert keys[:6] == [("full", f"{m}-s0") for m in methods]  # every method at seed 0 first
-    assert len({k for k in keys if not k[1].startswith("mt-") and k[0] == "full"}) == 18
-    assert {v for v, _ in keys} == {"full", "no_lid", "no_dedup", "no_quality", "none",
-                                    "rehydrate"}  # fmt: skip
+    n_base, n_methods = len(plan.baselines), len(plan.methods)
+    assert keys[:n_base] == [("full", f"{b}-s0") for b in plan.baselines]  # baselines first
+    # then every method at the first seed, before translation and the other seeds
+    assert keys[n_base : n_base + n_methods] == [("full", f"{m}-s0") for m in plan.methods]
+    method_runs = {k for k in keys if k[0] == "full" and not k[1].startswith(("mt-", "tt-"))}
+    assert len(method_runs) == n_base + n_methods * len(plan.seeds)
+    assert len(plan.seeds) >= 3  # every arm a verdict uses has three seeds (issue 14)
+    ablation = [k for k in keys if k[0] != "full"]
+    assert {r for _, r in ablation} == set(plan.ablation_runs)  # seed-matched governance arms
+    assert {v for v, _ in keys} == set(plan.ablation_variants)
     assert len(keys) == len(set(keys))
     demo = ExperimentPlan.load(ROOT / "configs" / "demo.yaml")
     cfg = demo.run_config()["ops"]
