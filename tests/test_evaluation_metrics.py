@@ -204,3 +204,19 @@ def test_frontier_and_bars_write_valid_pngs(tmp_path):
         plot_bars({"a": 1.0}, tmp_path / "bars.svg")
     with pytest.raises(ValueError, match="expected \\(cost, quality\\)"):
         plot_frontier({"lora": 1.0}, tmp_path / "f.png")
+
+
+def test_bar_labels_of_the_governance_arms_do_not_overlap(tmp_path, monkeypatch):
+    import evaluation.plots as plots
+
+    figures = []
+    save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or save(fig, path))
+    arms = ["full", "no_lid", "no_dedup", "no_quality", "none", "rehydrate"]
+    plot_bars({a: (0.3, 0.2, 0.4) for a in arms}, tmp_path / "arms.png")
+    (fig,) = figures
+    renderer = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in fig.axes[0].get_xticklabels()]
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == arms
+    for left, right in zip(boxes, boxes[1:], strict=False):
+        assert left.x1 <= right.x0 or left.y0 >= right.y1 or left.y1 <= right.y0, (left, right)
