@@ -1,7 +1,7 @@
 # govtune: two commands set up and run everything on a fresh Debian machine with Python 3.11.
 #   make demo   materialise the whole asset graph on the bundled demo data
 #   make test   run the test suite
-#   make reproduce   the full experiment behind docs/results/ (about 1.5 hours on 2 cores)
+#   make reproduce   the experiment behind docs/results/ (about 2 hours on 2 cores)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv

@@ -3,7 +3,6 @@ scored run of an experiment, six assets with their own Markdown table and plot i
 with lineage to `model_evaluation` (and through it to the models and governance variants)."""
 
 import base64
-import json
 from pathlib import Path
 
 import dagster as dg
@@ -115,7 +114,13 @@ def glance(table: pd.DataFrame, key: str) -> dg.MetadataValue:
 def reports(context: dg.AssetExecutionContext, config: ReportConfig, home: GovtuneHome):
     """Tables II–VI and Figure 2 from every scored run of the experiment, with 95% bootstrap
     intervals over seeds and examples, paired tests against the baseline, and the verdicts."""
-    from evaluation.report import ReportSettings, build_report, markdown_table
+    from evaluation.report import (
+        ReportSettings,
+        build_report,
+        markdown_table,
+        scored_runs,
+        write_summary,
+    )
 
     cls, mt, foot = load_scored_runs(home.path("evaluations", config.experiment))
     settings = ReportSettings(
@@ -127,28 +132,12 @@ def reports(context: dg.AssetExecutionContext, config: ReportConfig, home: Govtu
         n_boot=config.n_boot,
     )
     out = home.path("reports", config.experiment)
-    runs = sorted({f"{v}/{r}" for v, r in zip(cls.variant, cls.run_key, strict=True)})
-    runs += sorted(
-        {f"{v}/{r}" for v, r in zip(mt.get("variant", []), mt.get("run_key", []), strict=True)}
-    )
+    runs = scored_runs(cls, mt)
     report = build_report(
         cls, mt, foot, settings, out, header={"experiment": config.experiment, "runs": len(runs)}
     )
     verdicts = "\n".join(f"- **{v.statement}** ({v.candidate}): {v.label}" for v in report.verdicts)
-    (out / "report.json").write_text(
-        json.dumps(
-            {
-                "experiment": config.experiment,
-                "runs": runs,
-                "verdicts": [
-                    {"claim": v.claim, "candidate": v.candidate, "verdict": v.verdict,
-                     "evidence": v.evidence} for v in report.verdicts
-                ],
-                "governance_gains": report.additivity.verdict,
-            },
-            indent=2,
-        )
-    )  # fmt: skip
+    write_summary(out, config.experiment, runs, report)
     for name, key in REPORT_TABLES.items():
         if name not in context.selected_output_names:
             continue

@@ -409,6 +409,32 @@ def build_report(
     return Report(tables=tables, verdicts=vs, additivity=add, paths=paths, settings=s)
 
 
+def write_summary(out: str | Path, experiment: str, runs: Sequence[str], report: Report) -> Path:
+    """``report.json``: the experiment, its runs and every claim's verdict with its evidence
+    (what the reports asset shows and what ``docs/results/`` quotes), the same from the asset
+    and from a rebuild out of committed predictions."""
+    path = Path(out) / "report.json"
+    summary = {
+        "experiment": experiment,
+        "runs": list(runs),
+        "verdicts": [
+            {"claim": v.claim, "candidate": v.candidate, "verdict": v.verdict,
+             "evidence": v.evidence} for v in report.verdicts
+        ],
+        "governance_gains": report.additivity.verdict,
+    }  # fmt: skip
+    path.write_text(json.dumps(summary, indent=2))
+    return path
+
+
+def scored_runs(cls: pd.DataFrame, mt: pd.DataFrame) -> list[str]:
+    """``<variant>/<run>`` of every scored run, classification first, then translation."""
+    runs = sorted({f"{v}/{r}" for v, r in zip(cls.variant, cls.run_key, strict=True)})
+    return runs + sorted(
+        {f"{v}/{r}" for v, r in zip(mt.get("variant", []), mt.get("run_key", []), strict=True)}
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m evaluation.report BUNDLE --out DIR``: rebuild the report from committed
     predictions (:func:`evaluation.store.load_bundle`)."""
@@ -426,6 +452,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         given["temperature_strength"] = math.inf
     s = ReportSettings(**given)
     report = build_report(cls, mt, fp, s, args.out, header=meta.get("header"))
+    experiment = (meta.get("header") or {}).get("experiment", Path(args.bundle).name)
+    write_summary(args.out, experiment, scored_runs(cls, mt), report)
     print(
         json.dumps(
             {

@@ -5,6 +5,7 @@ confidence (and hence calibration) is known too."""
 
 from __future__ import annotations
 
+import json
 import zlib
 
 import numpy as np
@@ -406,6 +407,9 @@ def test_build_report_writes_every_table_and_the_verdicts(tmp_path, basic):
     )
     again = pd.read_csv(tmp_path / "again" / "accuracy_parity.csv").set_index("method")
     assert again.loc["hybrid", "accuracy"] == pytest.approx(0.8)
+    summary = json.loads((tmp_path / "again" / "report.json").read_text())  # as the asset's
+    assert summary["experiment"] == "synthetic" and summary["runs"]
+    assert {v["claim"] for v in summary["verdicts"]} == {v.claim for v in rep.verdicts}
 
 
 def test_empty_inputs_give_note_tables_and_a_report(tmp_path):
