@@ -371,3 +371,16 @@ def test_moo_solves_once_per_accumulated_step(tmp_path) -> None:
             for ga, gb in zip(a["groups"], b["groups"], strict=True):
                 assert ga["alpha"] == pytest.approx(gb["alpha"], abs=1e-4)
         assert runs[name].final_loss == pytest.approx(runs["big"].final_loss, rel=1e-5)
+
+
+def test_the_pipes_stream_carries_only_a_records_scalars() -> None:
+    """Kilobyte records (per-layer gradient statistics, MOO diagnostics) stay in metrics.jsonl:
+    a half-flushed long line stops Dagster's message reader for the rest of the run."""
+    from training.cli import streamed_record
+
+    rec = {"step": 3, "loss": 0.5, "lr": 1e-4, "note": None, "ok": True,
+           "grad_layers": {str(i): {"norm": 0.1} for i in range(200)}, "moo": {"w": [0.5, 0.5]},
+           "loss_by_lang": {"en": 0.5}}  # fmt: skip
+    out = streamed_record(rec)
+    assert out == {"step": 3, "loss": 0.5, "lr": 1e-4, "note": None, "ok": True}
+    assert len(json.dumps(out)) < 200 < len(json.dumps(rec))

@@ -183,6 +183,15 @@ def bad_input(exc: Exception, pipes: Any) -> int:
     return 2
 
 
+def streamed_record(rec: dict[str, Any]) -> dict[str, Any]:
+    """The scalars of a metrics record, for the Pipes stream. The full record (per-layer
+    gradient statistics, MOO diagnostics) stays in ``metrics.jsonl``, which the asset reads:
+    a message of many kilobytes can reach Dagster's message reader half flushed, and one
+    unparsable line stops the reader thread, losing every later message of the run,
+    the materialisation included (seen once in a 100-step gemma run)."""
+    return {k: v for k, v in rec.items() if v is None or isinstance(v, (bool, int, float, str))}
+
+
 def _train(argv: Sequence[str]) -> int:
     from training.trainer import train
 
@@ -195,7 +204,7 @@ def _train(argv: Sequence[str]) -> int:
         if pipes is not None:
 
             def on_metrics(rec: dict[str, Any]) -> None:
-                pipes.report_custom_message(rec)
+                pipes.report_custom_message(streamed_record(rec))
                 if "loss" in rec:
                     pipes.log.info(f"step {rec['step']}: loss {rec['loss']:.4f}")
 
