@@ -58,8 +58,9 @@ class ExperimentPlan:
         return plan
 
     def keys(self) -> list[tuple[str, str]]:
-        """(variant, run) in the order that makes partial results most useful: every method at
-        the first seed, translation, the other seeds, then the ablation arms."""
+        """(variant, run) in the order that makes partial results most useful: the baselines,
+        every method at the first seed, translation, the other seeds, the governance ablation
+        arms (their verdict needs every seed), then the translate-train table."""
         out: list[tuple[str, str]] = [(self.variant, run_key(b, 0)) for b in self.baselines]
         for seed in self.seeds[:1]:
             out += [(self.variant, run_key(m, seed)) for m in self.methods]
@@ -69,12 +70,12 @@ class ExperimentPlan:
             ]
         for seed in self.seeds[1:]:
             out += [(self.variant, run_key(m, seed)) for m in self.methods]
+        out += [(v, r) for r in self.ablation_runs for v in self.ablation_variants]
         for seed in self.translate_train_seeds:
             out += [
                 (self.variant, run_key(m, seed, protocol=TRANSLATE_TRAIN))
                 for m in self.translate_train_methods
             ]
-        out += [(v, r) for r in self.ablation_runs for v in self.ablation_variants]
         return list(dict.fromkeys(out))
 
     def variants(self) -> list[str]:
