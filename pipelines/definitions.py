@@ -19,6 +19,7 @@ from assets import (
     training,
 )
 from assets.engine import EngineResource
+from assets.pipes import subprocess_client
 from assets.resources import GovtuneHome
 from assets.stage_io import GovernanceSettings
 from pipelines.jobs import JOBS
@@ -41,6 +42,6 @@ defs = dg.Definitions(
         "home": GovtuneHome(),
         "governance": GovernanceSettings(),
         "engine": EngineResource(),
-        "pipes_subprocess_client": dg.PipesSubprocessClient(),
+        "pipes_subprocess_client": subprocess_client(),  # whole-line message reader
     },
 )

@@ -230,7 +230,9 @@ def test_cli_under_dagster_pipes_reports_metrics_and_materialization(tmp_path):
         context.add_output_metadata({"messages": len(invocation.get_custom_messages())})
         return invocation.get_materialize_result()
 
-    result = dagster.materialize([finetune], resources={"pipes": dagster.PipesSubprocessClient()})
+    from assets.pipes import subprocess_client  # the resource the definitions use
+
+    result = dagster.materialize([finetune], resources={"pipes": subprocess_client()})
     assert result.success
     mat = result.asset_materializations_for_node("finetune")[0]
     meta = mat.metadata
