@@ -133,13 +133,12 @@ def _finetune_train_langs(context: dg.AssetExecutionContext) -> list[str] | None
     return None
 
 
-def _summary(out) -> dict:
+def _summary(df: pd.DataFrame) -> dict:
     """UI metadata: clean test accuracy per language (classification) or rows (translation)."""
-    df = read_parquet(out).to_pandas()
     meta: dict = {"rows": len(df), "dagster/row_count": len(df)}
     if "logits" in df.columns:
-        clean = df[(df.split == "test") & (df.perturbation == "clean")]
-        correct = np.array([np.argmax(x) for x in clean.logits]) == clean.gold.to_numpy()
+        clean = _clean_test(df)
+        correct = _correct(clean)
         meta["test_accuracy"] = round(float(correct.mean()), 4)
         by_lang = clean.assign(ok=correct).groupby("lang").ok.mean().round(4).to_dict()
         meta["test_accuracy_by_lang"] = dg.MetadataValue.json(by_lang)
@@ -224,6 +223,7 @@ def model_evaluation(
             tmp.write_text(foot)
             tmp.replace(out.with_suffix(".footprint.json"))
         stamp.write_text(json.dumps({"fingerprint": fingerprint, "config": cfg}, indent=2))
+    predictions = read_parquet(out).to_pandas()  # read once: the metadata and the checks
     yield dg.MaterializeResult(
         metadata={
             **reported,
@@ -234,25 +234,24 @@ def model_evaluation(
             "protocol": cfg.get("protocol") or "translation",
             "reused": reused,
             "path": dg.MetadataValue.path(str(out)),
-            **_summary(out),
+            **_summary(predictions),
         }
     )
     lexical = predictions_file(home, config.experiment, variant, "lexical-s0")
-    checks = evaluation_checks(out, lexical if method != "lexical" else None)
+    checks = evaluation_checks(predictions, lexical if method != "lexical" else None)
     yield from ui.for_partition(checks, context.partition_key)
 
 
-def _clean_test(path) -> pd.DataFrame:
+def _clean_test(df: pd.DataFrame) -> pd.DataFrame:
     """Clean test rows (classification), or every clean translation pair."""
-    df = read_parquet(path).to_pandas()
     if "split" in df.columns:
         df = df[df.split == "test"]
     return df[df.perturbation == "clean"] if "perturbation" in df.columns else df
 
 
-def evaluation_checks(out, lexical) -> Iterator[dg.AssetCheckResult]:
+def evaluation_checks(predictions: pd.DataFrame, lexical) -> Iterator[dg.AssetCheckResult]:
     """The gate before the reports: every item scored, and (a warning) better than lexical."""
-    df = _clean_test(out)
+    df = _clean_test(predictions)
     if "logits" in df.columns:
         finite = all(np.isfinite(np.asarray(x, dtype=float)).all() for x in df.logits)
         per_lang = df.groupby("lang").size()
@@ -278,7 +277,7 @@ def evaluation_checks(out, lexical) -> Iterator[dg.AssetCheckResult]:
             description=f"not compared: {why}",
         )
         return
-    base = _clean_test(lexical)
+    base = _clean_test(read_parquet(lexical).to_pandas())
     shared = set(df.item_id) & set(base.item_id)
     acc = _accuracy(df[df.item_id.isin(shared)])
     ref = _accuracy(base[base.item_id.isin(shared)])
@@ -291,7 +290,10 @@ def evaluation_checks(out, lexical) -> Iterator[dg.AssetCheckResult]:
     )  # fmt: skip
 
 
+def _correct(rows: pd.DataFrame) -> np.ndarray:
+    """Whether each row's highest class log-probability is its gold class."""
+    return np.array([np.argmax(x) for x in rows.logits]) == rows.gold.to_numpy()
+
+
 def _accuracy(df: pd.DataFrame) -> float:
-    if not len(df):
-        return float("nan")
-    return float((np.array([np.argmax(x) for x in df.logits]) == df.gold.to_numpy()).mean())
+    return float(_correct(df).mean()) if len(df) else float("nan")
