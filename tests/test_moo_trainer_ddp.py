@@ -13,15 +13,12 @@ results averaged).
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
+from launch import TORCHRUN, train_under_torchrun
 from safetensors.torch import load_file
 
 from training.models import load_causal_lm
@@ -29,8 +26,6 @@ from training.moo import mgda_weights
 from training.moo_ddp import allreduce_bytes
 from training.trainer import StepSampler, TrainConfig, load_task_records, prepare_task
 
-ROOT = Path(__file__).resolve().parents[1]
-TORCHRUN = Path(sys.executable).parent / "torchrun"
 WORLD, ACCUM, BATCH, LR, STEPS = 2, 2, 4, 0.1, 2
 
 
@@ -64,18 +59,7 @@ def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pytest.skip("torchrun is not installed next to this Python")
     tmp = tmp_path_factory.mktemp("moo_trainer_ddp")
     run = tmp / "run"
-    cfg_file = tmp / "cfg.yaml"
-    cfg_file.write_text(yaml.safe_dump(_config(run)))
-    out = subprocess.run(
-        [str(TORCHRUN), "--standalone", "--nproc-per-node", str(WORLD), "-m", "training"]
-        + ["--config", str(cfg_file)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert out.returncode == 0, out.stderr[-4000:]
+    train_under_torchrun(_config(run), tmp / "cfg.yaml", nproc=WORLD)
     return run
 
 
@@ -208,18 +192,7 @@ def test_world_size_enters_the_run_fingerprint(ddp_run: Path, tmp_path: Path) ->
 
 
 def _torchrun(cfg: dict, tmp: Path, name: str) -> Path:
-    cfg_file = tmp / f"{name}.yaml"
-    cfg_file.write_text(yaml.safe_dump(cfg))
-    out = subprocess.run(
-        [str(TORCHRUN), "--standalone", "--nproc-per-node", str(WORLD), "-m", "training"]
-        + ["--config", str(cfg_file)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert out.returncode == 0, out.stderr[-4000:]
+    train_under_torchrun(cfg, tmp / f"{name}.yaml", nproc=WORLD)
     return Path(cfg["run_dir"])
 
 

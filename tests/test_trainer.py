@@ -186,27 +186,10 @@ def test_moo_path_writes_diagnostics(tmp_path):
     shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None, reason="no torchrun"
 )
 def test_torchrun_two_processes_over_gloo(tmp_path):
-    cfg_file = write_yaml(
-        tmp_path / "cfg.yaml", config(tmp_path / "ddp", steps=4, method={"name": "lora"})
-    )
-    torchrun = str(Path(sys.executable).parent / "torchrun")
-    out = subprocess.run(
-        [
-            torchrun,
-            "--standalone",
-            "--nproc-per-node",
-            "2",
-            "-m",
-            "training",
-            "--config",
-            str(cfg_file),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
+    from launch import train_under_torchrun
+
+    cfg = config(tmp_path / "ddp", steps=4, method={"name": "lora"})
+    train_under_torchrun(cfg.to_dict(), tmp_path / "cfg.yaml", timeout=300)
     foot = json.loads((tmp_path / "ddp" / "footprint.json").read_text())
     assert foot["world_size"] == 2
     lines = [json.loads(x) for x in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]

@@ -174,12 +174,9 @@ def test_data_parallel_lambda_uses_the_global_gradient_of_the_stiefel_factors(tm
     ranks: two ranks of 4 examples give the λ of one process accumulating the same two batches
     of 4 (the same gradient-estimation batches, the same examples per step)."""
     import json
-    import os
-    import subprocess
-    import sys
     from pathlib import Path
 
-    import yaml
+    from launch import train_under_torchrun
 
     from training.trainer import TrainConfig, train
 
@@ -204,20 +201,7 @@ def test_data_parallel_lambda_uses_the_global_gradient_of_the_stiefel_factors(tm
 
     single = train(cfg(tmp_path / "one", 2))
     one = json.loads((single.run_dir / "summary.json").read_text())["lambdas"]
-    path = tmp_path / "ddp.yaml"
-    path.write_text(yaml.safe_dump(cfg(tmp_path / "ddp", 1).to_dict()))
-    root = Path(__file__).resolve().parents[1]
-    torchrun = str(Path(sys.executable).parent / "torchrun")
-    out = subprocess.run(
-        [torchrun, "--standalone", "--nproc-per-node", "2", "-m", "training"]
-        + ["--config", str(path)],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
+    train_under_torchrun(cfg(tmp_path / "ddp", 1).to_dict(), tmp_path / "ddp.yaml", timeout=300)
     two = json.loads((tmp_path / "ddp" / "summary.json").read_text())["lambdas"]
     init = json.loads((tmp_path / "ddp" / "adapter" / "lambda_history.json").read_text())[0]
     moved = [n for n in one if abs(one[n] - init["lambdas"][n]) > 1e-4]
